@@ -12,7 +12,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.support.certs",
+    "tests.support.http_server",
+]
 
 
 @pytest.fixture
