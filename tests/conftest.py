@@ -15,6 +15,7 @@ import pytest
 pytest_plugins: list[str] = [
     "tests.support.certs",
     "tests.support.http_server",
+    "tests.support.s3",
 ]
 
 
