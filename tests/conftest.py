@@ -16,6 +16,8 @@ pytest_plugins: list[str] = [
     "tests.support.certs",
     "tests.support.http_server",
     "tests.support.s3",
+    "tests.support.registry",
+    "tests.support.guest",
 ]
 
 
