@@ -17,6 +17,7 @@ pytest_plugins: list[str] = [
     "tests.support.http_server",
     "tests.support.s3",
     "tests.support.registry",
+    "tests.support.faultproxy",
     "tests.support.guest",
 ]
 
