@@ -133,3 +133,7 @@ for t in "${targets[@]}"; do
 done
 log "built in $((end - start)) s; binaries in $out"
 "$out/kube-apiserver" --version
+# The 2+ GiB source tree is only needed again for a new version.
+if [[ "${DISKPLANE_KEEP_KUBE_BUILD:-0}" != 1 ]]; then
+  rm -rf "$work"
+fi
