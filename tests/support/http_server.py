@@ -308,9 +308,17 @@ def _if_range_holds(value: str | None, etag: str, mtime: float) -> bool:
     return int(when.timestamp()) == int(mtime)
 
 
-async def _serve_file(
-    request: web.Request, record: AccessRecord, path: Path, faults: Faults, server: FileServer
-) -> web.StreamResponse:
+@dataclass(frozen=True)
+class _Plan:
+    """What a GET/HEAD of a file will send."""
+
+    status: int
+    headers: dict[str, str]
+    start: int
+    length: int
+
+
+def _plan(request: web.Request, record: AccessRecord, path: Path, faults: Faults) -> _Plan:
     size, etag, last_modified, mtime = _validators(path)
     headers = {
         "ETag": etag,
@@ -318,25 +326,32 @@ async def _serve_file(
         "Content-Type": "application/octet-stream",
     }
     record.range = _requested_range(request.headers.get("Range"), size)
-    start, end, status = 0, size - 1, 200
-    if not faults.no_range:
-        headers["Accept-Ranges"] = "bytes"
-        if record.range is not None and _if_range_holds(
-            request.headers.get("If-Range"), etag, mtime
-        ):
-            start, last = record.range
-            if start >= size:
-                headers["Content-Range"] = f"bytes */{size}"
-                return _finish(record, web.Response(status=416, headers=headers))
-            end = size - 1 if last is None else min(last, size - 1)
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    response = web.StreamResponse(status=status, headers=headers)
-    record.status = status
+    if faults.no_range:
+        return _Plan(200, headers, 0, size)
+    headers["Accept-Ranges"] = "bytes"
+    if record.range is None or not _if_range_holds(request.headers.get("If-Range"), etag, mtime):
+        return _Plan(200, headers, 0, size)
+    start, last = record.range
+    if start >= size:
+        headers["Content-Range"] = f"bytes */{size}"
+        return _Plan(416, headers, 0, 0)
+    end = size - 1 if last is None else min(last, size - 1)
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return _Plan(206, headers, start, end - start + 1)
+
+
+async def _serve_file(
+    request: web.Request, record: AccessRecord, path: Path, faults: Faults, server: FileServer
+) -> web.StreamResponse:
+    plan = _plan(request, record, path, faults)
+    if plan.status == 416:
+        return _finish(record, web.Response(status=416, headers=plan.headers))
+    response = web.StreamResponse(status=plan.status, headers=plan.headers)
+    record.status = plan.status
     if faults.no_content_length:
         response.enable_chunked_encoding()
     else:
-        response.content_length = end - start + 1
+        response.content_length = plan.length
     if request.method == "HEAD":
         record.completed = True
         await response.prepare(request)
@@ -346,7 +361,7 @@ async def _serve_file(
     await response.prepare(request)
     if stall > 0:
         await asyncio.sleep(stall)
-    await _stream(request, response, record, path, start, end - start + 1, drop)
+    await _stream(request, response, record, path, plan.start, plan.length, drop)
     return response
 
 
