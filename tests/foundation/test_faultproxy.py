@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
-from tests.support.faultproxy import FaultyRegistry
+from tests.support.faultproxy import FaultProxy, FaultyRegistry
+from tests.support.http_server import FileServer
 from tests.support.registry import write_oci_layout
 
 UPLOADS = r"^/v2/.+/blobs/uploads/"
@@ -120,3 +122,17 @@ def test_skopeo_push_through_the_proxy(registry_faulty: FaultyRegistry, tmp_path
     assert result.returncode == 0, result.stderr
     assert {r.repository for r in registry_faulty.blob_uploads()} == {"test/proxied"}
     assert max(r.request_bytes for r in registry_faulty.log) > 3 * 1024 * 1024
+
+
+async def test_fault_proxy_in_front_of_any_server(
+    fault_proxy: Callable[[str], FaultProxy], http_server: FileServer
+) -> None:
+    (http_server.root / "f.bin").write_bytes(b"payload")
+    proxy = fault_proxy(http_server.base_url)
+    proxy.set_faults("GET", r"^/f\.bin$", status=500, times=1)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{proxy.url}/f.bin") as resp:
+            assert resp.status == 500
+        async with session.get(f"{proxy.url}/f.bin") as resp:
+            assert await resp.read() == b"payload"
+    assert [r.status for r in http_server.log] == [200]

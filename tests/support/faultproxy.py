@@ -17,15 +17,18 @@ Rules are tried in the order they were added; an exhausted rule is skipped.
 The client's ``Host`` header is passed upstream, so absolute ``Location``
 headers the upstream builds point back at the proxy.
 
-Fixture: ``registry_faulty`` (function-scoped) puts a session proxy in front
-of the plain ``registry``.
+Fixtures: ``registry_faulty`` (function-scoped) puts a session proxy in front
+of the plain ``registry``; ``fault_proxy`` is a factory for a proxy in front of
+any HTTP upstream (e.g. ``fault_proxy(s3_server.endpoint_url)``), stopped after
+the test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -281,16 +284,36 @@ class FaultyRegistry:
         return [f"--{role}-tls-verify=false"]
 
 
-@pytest.fixture(scope="session")
-def _registry_proxy_session(_registry_session: Registry) -> Iterator[FaultProxy]:
-    thread = LoopThread("registry-fault-proxy")
-    proxy = FaultProxy(_registry_session.url)
+@contextlib.contextmanager
+def running_fault_proxy(upstream: str, name: str = "fault-proxy") -> Iterator[FaultProxy]:
+    """A ``FaultProxy`` to ``upstream`` on its own loop thread, for one block."""
+    thread = LoopThread(name)
+    proxy = FaultProxy(upstream)
     try:
         runner = thread.run(proxy.start())
-        yield proxy
-        thread.run(proxy.stop(runner))
+        try:
+            yield proxy
+        finally:
+            thread.run(proxy.stop(runner))
     finally:
         thread.stop()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[str], FaultProxy]]:
+    """Factory: ``fault_proxy(upstream_url)`` starts a proxy stopped after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def start(upstream: str) -> FaultProxy:
+            return stack.enter_context(running_fault_proxy(upstream))
+
+        yield start
+
+
+@pytest.fixture(scope="session")
+def _registry_proxy_session(_registry_session: Registry) -> Iterator[FaultProxy]:
+    with running_fault_proxy(_registry_session.url, "registry-fault-proxy") as proxy:
+        yield proxy
 
 
 @pytest.fixture
