@@ -1,0 +1,134 @@
+"""The node agent: owns every VM on this node, re-adopts survivors on start.
+
+On :meth:`NodeAgent.start` it scans ``<data_dir>/run``: a run dir whose QEMU
+still runs is re-adopted (QMP and console reconnected, nothing restarted); one
+whose QEMU is gone is reported ``Failed`` and removed; one without a readable
+``vmi.json``/``state.json`` (an agent killed mid-create) is stale and removed.
+:meth:`NodeAgent.close` lets go of running VMs without stopping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from virtnode.disks import ContainerDiskSource
+from virtnode.errors import SpecError, VmExistsError, VmNotFoundError
+from virtnode.events import EventBus
+from virtnode.metrics import AgentMetrics
+from virtnode.ownership import qemu_run_as
+from virtnode.rundir import RunDir, existing_run_dirs
+from virtnode.settings import ACCEL_ENV, AgentSettings
+from virtnode.spec import parse_vmi
+from virtnode.vm import AccelInfo, NodeContext, VirtualMachine
+
+log = logging.getLogger(__name__)
+
+
+async def choose_accelerator(settings: AgentSettings) -> AccelInfo:
+    """``$DISKPLANE_ACCEL`` (kvm|tcg) if set, else the real-boot probe's verdict."""
+    forced = os.environ.get(ACCEL_ENV)
+    if forced in ("kvm", "tcg"):
+        args = ("-accel", "kvm", "-cpu", "host") if forced == "kvm" else ("-accel", "tcg")
+        return AccelInfo(forced, f"{forced.upper()} chosen by ${ACCEL_ENV}", args)
+    from virtnode.accel import probe_accelerator
+
+    choice = await probe_accelerator(emulator=settings.emulator)
+    return AccelInfo(choice.accel, choice.reason, tuple(choice.qemu_args()))
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        accel: AccelInfo | None = None,
+        containerdisks: ContainerDiskSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.events = EventBus()
+        self.metrics = AgentMetrics()
+        self.vms: dict[str, VirtualMachine] = {}
+        self._accel = accel
+        self._containerdisks = containerdisks
+        self._ctx: NodeContext | None = None
+
+    @property
+    def ctx(self) -> NodeContext:
+        if self._ctx is None:
+            raise RuntimeError("the node agent was not started")
+        return self._ctx
+
+    async def start(self) -> None:
+        s = self.settings
+        for path in (s.run_dir, s.volumes):
+            path.mkdir(parents=True, exist_ok=True)
+        s.run_dir.chmod(0o711)  # QEMU's user must reach its own run dir, not list others
+        run_as = await asyncio.to_thread(qemu_run_as, s.qemu_user, s.qemu_uid)
+        accel = self._accel or await choose_accelerator(s)
+        self._ctx = NodeContext(
+            settings=s,
+            accel=accel,
+            run_as=run_as,
+            publish=self.events.publish,
+            observe_qmp=self.metrics.observe_qmp,
+            containerdisks=self._containerdisks,
+        )
+        for run in existing_run_dirs(s.run_dir):
+            await self._adopt(run)
+
+    async def _adopt(self, run: RunDir) -> None:
+        try:
+            obj = run.read_json(run.vmi_file)
+            state = run.read_json(run.state_file)
+            spec = parse_vmi(obj)
+        except (OSError, ValueError, SpecError) as exc:
+            log.warning("removing stale run dir %s: %s", run.root, exc)
+            run.remove()
+            return
+        vm = VirtualMachine(obj, spec, run, self.ctx)
+        self.vms[spec.key] = vm
+        try:
+            await vm.adopt(state)
+        except Exception as exc:  # one broken VM must not stop the agent from starting
+            log.warning("could not re-adopt VM %s: %s", spec.key, exc)
+
+    async def close(self) -> None:
+        """Release every VM (QEMU keeps running) and end event streams."""
+        for vm in list(self.vms.values()):
+            await vm.release()
+        self.events.close()
+
+    async def create(self, obj: Mapping[str, Any]) -> VirtualMachine:
+        spec = parse_vmi(obj)
+        old = self.vms.get(spec.key)
+        if old is not None and not old.finished.is_set():
+            raise VmExistsError(f"VMI {spec.key} already exists on this node")
+        run = RunDir.for_vm(self.settings.run_dir, spec.namespace, spec.name)
+        run.remove()  # a finished VM's leftovers
+        vm = VirtualMachine(obj, spec, run, self.ctx)
+        self.vms[spec.key] = vm
+        await vm.create()
+        return vm
+
+    def get(self, namespace: str, name: str) -> VirtualMachine:
+        vm = self.vms.get(f"{namespace}/{name}")
+        if vm is None:
+            raise VmNotFoundError(f"VMI {namespace}/{name} does not exist on this node")
+        return vm
+
+    def list(self, namespace: str | None = None) -> list[VirtualMachine]:
+        return [vm for vm in self.vms.values() if namespace in (None, vm.spec.namespace)]
+
+    async def delete(self, namespace: str, name: str, grace: float | None = None) -> None:
+        vm = self.get(namespace, name)
+        await vm.stop(grace)
+        await vm.release()
+        self.vms.pop(vm.key, None)
+        self.events.publish({"type": "deleted", "vmi": vm.key})
+
+    def render_metrics(self) -> str:
+        return self.metrics.render(vm.phase.value for vm in self.vms.values())

@@ -1,0 +1,456 @@
+"""One VM on this node: QEMU process + QMP session + console, and the VMI status they drive.
+
+Lifecycle::
+
+    create ─▶ Scheduled (disks prepared, QEMU started paused, -S) ─cont─▶ Running
+    Running ─guest powers off (SHUTDOWN)─▶ quit ─▶ Succeeded
+    Running ─stop: system_powerdown, grace, quit, kill─▶ Succeeded
+    any ─QEMU exits without a SHUTDOWN─▶ Failed
+
+Pausing keeps phase ``Running`` with condition ``Paused`` and printableStatus
+``Paused``, as KubeVirt does. One monitor task per VM consumes QMP events and
+the process's exit (noticed through a pidfd, at once); it owns the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from virtnode.argv import LaunchOptions, build_argv
+from virtnode.blockdev import AttachedDisk
+from virtnode.console import ConsoleHub
+from virtnode.disks import ContainerDiskSource, DiskPreparer, stage_kernel
+from virtnode.errors import QmpError, VirtnodeError, VmStateError
+from virtnode.ownership import grant
+from virtnode.process import ProcessIdentity, RunAs, is_alive, kill, launch, wait_exit
+from virtnode.qmp import QmpEvent, QmpSession
+from virtnode.rundir import RunDir
+from virtnode.settings import AgentSettings
+from virtnode.spec import VmiSpec
+from virtnode.vmstate import restore_disks
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict[str, Any]], None]
+LatencyObserver = Callable[[str, float], None]
+# After QEMU exits, how long the monitor waits for the last QMP events to drain.
+EVENT_DRAIN_TIMEOUT = 1.0
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class AccelInfo:
+    accel: str
+    reason: str
+    qemu_args: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class NodeContext:
+    """What every VM on the node shares."""
+
+    settings: AgentSettings
+    accel: AccelInfo
+    run_as: RunAs | None
+    publish: Publish
+    observe_qmp: LatencyObserver
+    containerdisks: ContainerDiskSource | None = None
+
+
+class VirtualMachine:
+    def __init__(self, obj: Mapping[str, Any], spec: VmiSpec, run: RunDir, ctx: NodeContext):
+        self.obj = dict(obj)
+        self.spec = spec
+        self.run = run
+        self.ctx = ctx
+        self.phase = Phase.PENDING
+        self.paused = False
+        self.reason = ""
+        self.message = ""
+        self.identity: ProcessIdentity | None = None
+        self.qmp: QmpSession | None = None
+        self.console: ConsoleHub | None = None
+        self.disks: dict[str, AttachedDisk] = {}
+        self.hotplugged: dict[str, dict[str, Any]] = {}
+        self.extra: dict[str, Any] = {}  # migration state etc., shown in status
+        self.started_at = time.time()
+        self.finished = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self._monitor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._shutdown_seen = asyncio.Event()
+        self._stop_requested = False
+        self._soft_reboot = False
+        self._accel = ctx.accel
+        self.event_waiters: list[Callable[[QmpEvent], None]] = []
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def settings(self) -> AgentSettings:
+        return self.ctx.settings
+
+    # ----- status -------------------------------------------------------------------
+
+    def printable_status(self) -> str:
+        if self.phase is Phase.RUNNING:
+            if self.extra.get("migrating"):
+                return "Migrating"
+            if self._stop_requested:
+                return "Stopping"
+            return "Paused" if self.paused else "Running"
+        return {
+            Phase.PENDING: "Provisioning",
+            Phase.SCHEDULED: "Starting",
+            Phase.SUCCEEDED: "Stopped",
+            Phase.FAILED: "Failed",
+        }[self.phase]
+
+    def status(self) -> dict[str, Any]:
+        running = self.phase is Phase.RUNNING
+        conditions = [
+            _condition("Ready", running and not self.paused, "" if running else self.phase.value),
+            _condition("Paused", self.paused, "PausedByUser" if self.paused else ""),
+        ]
+        if self._accel.accel == "tcg":
+            conditions.append(_condition("SoftwareEmulation", True, "TCG"))
+        return {
+            "phase": self.phase.value,
+            "printableStatus": self.printable_status(),
+            "reason": self.reason,
+            "message": self.message,
+            "nodeName": self.settings.node_name,
+            "conditions": conditions,
+            "accelerator": {"name": self._accel.accel, "reason": self._accel.reason},
+            "qemu": {"pid": self.identity.pid if self.identity else None},
+            "volumeStatus": [
+                {
+                    "name": name,
+                    "target": a.device_id,
+                    "phase": "Ready",
+                    **({"hotplugVolume": {}} if name in self.hotplugged else {}),
+                }
+                for name, a in self.disks.items()
+            ],
+            **self.extra,
+        }
+
+    def to_object(self) -> dict[str, Any]:
+        obj = dict(self.obj)
+        obj.setdefault("apiVersion", "kubevirt.io/v1")
+        obj.setdefault("kind", "VirtualMachineInstance")
+        obj["status"] = self.status()
+        return obj
+
+    def _set_phase(self, phase: Phase, reason: str = "", message: str = "") -> None:
+        self.phase, self.reason, self.message = phase, reason, message
+        self._publish_phase()
+
+    def _publish_phase(self) -> None:
+        self.ctx.publish(
+            {
+                "type": "phase",
+                "vmi": self.key,
+                "phase": self.phase.value,
+                "printableStatus": self.printable_status(),
+                "reason": self.reason,
+            }
+        )
+
+    # ----- create / adopt -----------------------------------------------------------
+
+    async def create(self) -> None:
+        """Prepare disks, start QEMU paused, connect, ``cont``. On failure: Failed, cleaned."""
+        self.run.create()
+        self.run.write_json(self.run.vmi_file, self.obj)
+        try:
+            await self._launch()
+            await self._execute("cont")
+        except BaseException as exc:
+            await self._abort_start(exc)
+            raise
+        if self.phase is Phase.SCHEDULED:
+            self._set_phase(Phase.RUNNING)
+
+    async def _launch(self) -> None:
+        ctx, run = self.ctx, self.run
+        self._set_phase(Phase.SCHEDULED)
+        grant(run.root, ctx.run_as)
+        preparer = DiskPreparer(ctx.settings.volumes, run, ctx.run_as, ctx.containerdisks)
+        attached = await preparer.prepare_all(self.spec)
+        self.disks = {a.disk.name: a for a in attached}
+        spec = await asyncio.to_thread(stage_kernel, self.spec, run, ctx.run_as)
+        options = LaunchOptions(
+            accel_args=self._accel.qemu_args,
+            emulator=ctx.settings.emulator,
+            hotplug_ports=ctx.settings.hotplug_ports,
+            incoming=bool(self.extra.get("incoming")),
+        )
+        argv = build_argv(spec, attached, run.launch_paths, options)
+        self.identity = await launch(
+            argv,
+            pidfile=run.launch_paths.pidfile,
+            vm=self.key,
+            limit=ctx.settings.launch_timeout,
+            run_as=ctx.run_as,
+        )
+        self.save_state()
+        await self._attach()
+
+    async def _attach(self, adopting: bool = False) -> None:
+        """Connect QMP and console, start the monitor."""
+        paths = self.run.launch_paths
+        self.qmp = QmpSession(
+            paths.qmp_socket,
+            vm=self.key,
+            timeouts=self.settings.qmp,
+            event_queue_size=self.settings.event_queue_size,
+            observe_latency=self.ctx.observe_qmp,
+        )
+        await self.qmp.connect()
+        self.console = ConsoleHub(
+            paths.serial_socket,
+            paths.serial_log,
+            vm=self.key,
+            backlog_bytes=self.settings.console_backlog_bytes,
+        )
+        await self.console.start(seed_from_log=adopting)
+        self._monitor = asyncio.create_task(self._run_monitor(), name=f"vm-monitor:{self.key}")
+
+    async def _abort_start(self, exc: BaseException) -> None:
+        if self.identity is not None:
+            kill(self.identity)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.kill_timeout):
+                    await wait_exit(self.identity, self.settings.exit_poll_interval)
+        await self._detach()
+        self.run.remove()
+        self._set_phase(Phase.FAILED, "FailedCreate", str(exc))
+        self.finished.set()
+
+    def save_state(self) -> None:
+        assert self.identity is not None
+        state = {
+            "pid": self.identity.pid,
+            "startTicks": self.identity.start_ticks,
+            "accel": {
+                "name": self._accel.accel,
+                "reason": self._accel.reason,
+                "args": list(self._accel.qemu_args),
+            },
+            "disks": {
+                name: {
+                    "path": str(a.path),
+                    "format": a.format,
+                    "readonly": a.readonly,
+                    "port": a.port,
+                    "sataUnit": a.sata_unit,
+                }
+                for name, a in self.disks.items()
+            },
+            "hotplugged": self.hotplugged,
+            "startedAt": self.started_at,
+        }
+        self.run.write_json(self.run.state_file, state)
+
+    async def adopt(self, state: Mapping[str, Any]) -> None:
+        """Re-attach to a QEMU started by an earlier agent; report it if it died meanwhile."""
+        self.identity = ProcessIdentity(int(state["pid"]), int(state["startTicks"]))
+        accel = state.get("accel", {})
+        self._accel = AccelInfo(
+            accel=str(accel.get("name", "tcg")),
+            reason=str(accel.get("reason", "")),
+            qemu_args=tuple(accel.get("args", ())),
+        )
+        self.started_at = float(state.get("startedAt", time.time()))
+        self.hotplugged = dict(state.get("hotplugged", {}))
+        self.disks = restore_disks(self.spec, state)
+        if not is_alive(self.identity):
+            self.identity = None
+            self.run.remove()
+            self._set_phase(Phase.FAILED, "QemuExitedWhileAgentDown", "QEMU was gone on restart")
+            self.finished.set()
+            return
+        self._set_phase(Phase.SCHEDULED)
+        await self._attach(adopting=True)
+        status = await self._execute("query-status")
+        self._apply_run_status(str(status.get("status", "")))
+
+    def _apply_run_status(self, status: str) -> None:
+        if status == "shutdown":
+            self._shutdown_seen.set()
+            self._spawn_quit()
+            return
+        self.paused = status not in ("running", "inmigrate", "postmigrate")
+        self._set_phase(Phase.RUNNING)
+
+    # ----- monitor ------------------------------------------------------------------
+
+    async def _run_monitor(self) -> None:
+        assert self.identity is not None
+        assert self.qmp is not None
+        events = asyncio.create_task(self._consume_events(), name=f"vm-events:{self.key}")
+        try:
+            await wait_exit(self.identity, self.settings.exit_poll_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EVENT_DRAIN_TIMEOUT):
+                    await asyncio.shield(events)
+        finally:
+            events.cancel()
+            await asyncio.gather(events, return_exceptions=True)
+        await self._on_exit()
+
+    async def _consume_events(self) -> None:
+        assert self.qmp is not None
+        async for event in self.qmp.events():
+            try:
+                await self._handle_event(event)
+            except VirtnodeError as exc:
+                log.warning("VM %s: handling %s failed: %s", self.key, event.name, exc)
+
+    async def _handle_event(self, event: QmpEvent) -> None:
+        self.ctx.publish({"type": "qmp", "vmi": self.key, "event": event.name, "data": event.data})
+        for waiter in list(self.event_waiters):
+            waiter(event)
+        if event.name == "SHUTDOWN":
+            await self._on_shutdown(event)
+        elif event.name == "STOP" and not self._shutdown_seen.is_set():
+            self.paused = True
+            self._publish_phase()
+        elif event.name == "RESUME":
+            self.paused = False
+            if self.phase is Phase.SCHEDULED:
+                self._set_phase(Phase.RUNNING)
+            else:
+                self._publish_phase()
+
+    async def _on_shutdown(self, event: QmpEvent) -> None:
+        guest = bool(event.data.get("guest", False))
+        if guest and self._soft_reboot:
+            self._soft_reboot = False
+            await self._execute("system_reset")
+            await self._execute("cont")
+            return
+        if guest:  # a host-side SHUTDOWN (our own quit) is not the guest powering off
+            self._shutdown_seen.set()
+            self._spawn_quit()
+
+    def _spawn_quit(self) -> None:
+        # -no-shutdown keeps QEMU alive after the guest powered off; end it now.
+        task = asyncio.create_task(self._quit_quietly(), name=f"vm-quit:{self.key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _quit_quietly(self) -> None:
+        with contextlib.suppress(QmpError):
+            await self._execute("quit")
+
+    async def _on_exit(self) -> None:
+        await self._detach()
+        self.run.remove()
+        if self._shutdown_seen.is_set() or self._stop_requested:
+            reason = "GuestShutdown" if self._shutdown_seen.is_set() else "Stopped"
+            self._set_phase(Phase.SUCCEEDED, reason, "")
+        elif self.extra.get("migrationState", {}).get("completed"):
+            self._set_phase(Phase.SUCCEEDED, "Migrated", "the VM now runs on the target")
+        else:
+            self._set_phase(Phase.FAILED, "QemuExited", "QEMU exited without a guest shutdown")
+        self.paused = False
+        self.identity = None
+        self.finished.set()
+
+    async def _detach(self) -> None:
+        if self.console is not None:
+            await self.console.close()
+        if self.qmp is not None:
+            await self.qmp.close()
+
+    async def release(self) -> None:
+        """Let go of a running VM without stopping it (agent shutdown)."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._detach()
+
+    # ----- actions ------------------------------------------------------------------
+
+    async def _execute(self, command: str, args: Mapping[str, Any] | None = None) -> Any:
+        if self.qmp is None:
+            raise VmStateError(f"VM {self.key} has no QEMU monitor (phase {self.phase.value})")
+        return await self.qmp.execute(command, args)
+
+    def require_running(self, action: str) -> None:
+        if self.phase is not Phase.RUNNING or self.identity is None:
+            raise VmStateError(f"cannot {action} VM {self.key}: it is {self.phase.value}")
+
+    async def pause(self) -> None:
+        self.require_running("pause")
+        await self._execute("stop")
+        self.paused = True
+
+    async def unpause(self) -> None:
+        self.require_running("unpause")
+        await self._execute("cont")
+        self.paused = False
+
+    async def reset(self) -> None:
+        self.require_running("reset")
+        await self._execute("system_reset")
+
+    async def soft_reboot(self) -> None:
+        """ACPI power button, then restart instead of exiting when the guest powers off."""
+        self.require_running("soft-reboot")
+        self._soft_reboot = True
+        await self._execute("system_powerdown")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: powerdown, wait ``grace`` for SHUTDOWN, then quit, then kill."""
+        if self.finished.is_set():
+            return
+        self._stop_requested = True
+        self._publish_phase()
+        limit = self.spec.grace_period_s if grace is None else grace
+        identity = self.identity
+        with contextlib.suppress(QmpError, VmStateError):
+            await self._execute("system_powerdown")
+        if await self._wait(self._shutdown_seen.wait(), limit):
+            await self._wait(self.finished.wait(), self.settings.quit_timeout)
+        if not self.finished.is_set():
+            with contextlib.suppress(QmpError, VmStateError):
+                await self._execute("quit")
+            await self._wait(self.finished.wait(), self.settings.quit_timeout)
+        if not self.finished.is_set() and identity is not None:
+            kill(identity)
+            await self._wait(self.finished.wait(), self.settings.kill_timeout)
+
+    @staticmethod
+    async def _wait(awaitable: Any, limit: float) -> bool:
+        try:
+            async with asyncio.timeout(limit):
+                await awaitable
+            return True
+        except TimeoutError:
+            return False
+
+
+def _condition(kind: str, status: bool, reason: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if status else "False", "reason": reason}
