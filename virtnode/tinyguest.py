@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from virtnode.errors import VirtnodeError
+
 __all__ = [
     "BUILDER_VERSION",
     "CACHE_DIR_ENV",
@@ -41,6 +43,7 @@ __all__ = [
     "GuestBuildError",
     "TinyGuest",
     "build_tiny_guest",
+    "check_host_inputs",
     "default_cache_dir",
     "kernel_cmdline",
 ]
@@ -71,9 +74,16 @@ DISK_BYTES = 64 * 1024 * 1024
 FAT_START, FAT_SECTORS = 2048, 81920
 MARKER_START = FAT_START + FAT_SECTORS
 TOOL_TIMEOUT_S = 60.0  # one sfdisk/mkfs.fat/mcopy/syslinux/qemu-img call
+# Tools the build runs, and the Debian package of each.
+BUILD_TOOLS = {
+    "sfdisk": "fdisk",
+    "mkfs.fat": "dosfstools",
+    "mcopy": "mtools",
+    "syslinux": "syslinux",
+}
 
 
-class GuestBuildError(Exception):
+class GuestBuildError(VirtnodeError):
     """The tiny guest could not be built (a host package or tool is missing or failed)."""
 
 
@@ -109,6 +119,19 @@ def default_cache_dir() -> Path:
     """``$DISKPLANE_CACHE_DIR`` or ``~/.cache/diskplane``."""
     chosen = os.environ.get(CACHE_DIR_ENV)
     return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "diskplane"
+
+
+def check_host_inputs(kernel_release: str | None = None) -> str:
+    """What the guest would be built from (a short sentence), without building it.
+
+    Raises :class:`GuestBuildError` naming the missing file, tool and its package.
+    """
+    release = kernel_release or _newest_kernel_release()
+    _Inputs.collect(release)
+    for tool, package in BUILD_TOOLS.items():
+        if shutil.which(tool) is None:
+            raise GuestBuildError(f"{tool} is not on PATH; install the {package} package")
+    return f"kernel {release}, busybox-static, syslinux"
 
 
 def build_tiny_guest(cache_dir: Path | None = None, kernel_release: str | None = None) -> TinyGuest:
