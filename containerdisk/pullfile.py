@@ -1,0 +1,82 @@
+"""Pull a disk into a file: verified, validated, written atomically.
+
+The disk streams into a hidden temp file beside ``dest`` (all-zero pieces
+become holes), every blob digest is checked on the way, then ``qemu-img
+info`` (under limits) must say qcow2 or raw with no backing file, and only
+then is the file fsynced and renamed onto ``dest``. On any failure the temp
+file is removed: nothing half-written ever carries the final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from containerdisk.diskinfo import check_disk, qemu_img_info
+from containerdisk.oci import Platform
+from containerdisk.pull import open_disk
+from containerdisk.reference import Reference
+from containerdisk.registry.transport import Transport
+
+Progress = Callable[[str, int, int | None], None]
+
+
+def _write_piece(fd: int, piece: bytes, offset: int) -> None:
+    if piece.count(0) == len(piece):
+        return  # a hole; the final ftruncate sets the size
+    view = memoryview(piece)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _finish_file(fd: int, size: int) -> None:
+    os.ftruncate(fd, size)
+    os.fsync(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def pull_disk_to_file(
+    transport: Transport,
+    ref: Reference,
+    dest: Path,
+    *,
+    platform: Platform | None = None,
+    disk_path: str | None = None,
+    progress: Progress | None = None,
+) -> str:
+    """Pull ``ref``'s disk to ``dest`` atomically; returns the manifest digest."""
+    dest = Path(dest)
+    temp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.partial"
+    disk = await open_disk(transport, ref, platform, disk_path)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            offset = 0
+            async for piece in disk.chunks():
+                await asyncio.to_thread(_write_piece, fd, piece, offset)
+                offset += len(piece)
+                if progress:
+                    progress("pull", offset, disk.size)
+            await asyncio.to_thread(_finish_file, fd, offset)
+        finally:
+            os.close(fd)
+        check_disk(await qemu_img_info(temp), f"disk of {disk.reference}")
+        os.replace(temp, dest)
+        await asyncio.to_thread(_fsync_dir, dest.parent)
+    finally:
+        await disk.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    return disk.manifest_digest
