@@ -19,6 +19,7 @@ from virtnode.tinyguest import (
     GuestBuildError,
     TinyGuest,
     build_tiny_guest,
+    check_host_inputs,
     kernel_cmdline,
 )
 
@@ -87,6 +88,13 @@ def test_boot_disk_copy_as_qcow2(tiny_guest: TinyGuest, tmp_path: Path) -> None:
     assert (info["format"], info["virtual-size"]) == ("qcow2", 64 * 1024 * 1024)
     with pytest.raises(GuestBuildError, match="vmdk"):
         tiny_guest.write_boot_disk(tmp_path / "boot.vmdk", fmt="vmdk")
+
+
+def test_missing_kernel_names_the_package(tmp_path: Path) -> None:
+    assert check_host_inputs().startswith("kernel ")
+    with pytest.raises(GuestBuildError, match="install the linux-image-amd64 package"):
+        build_tiny_guest(tmp_path, kernel_release="0.0.0-missing")
+    assert not (tmp_path / "tinyguest").exists()
 
 
 def test_kernel_cmdline_names_mode_and_marker() -> None:
