@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from virtnode.accel import DEFAULT_EMULATOR, probe_accelerator
+from virtnode.errors import VirtnodeError
 from virtnode.tinyguest import GuestBuildError, check_host_inputs
 
 Status = Literal["ok", "warn", "missing"]
@@ -114,7 +115,7 @@ async def _kvm_check(have_qemu: bool, refresh: bool) -> Check:
         return Check("/dev/kvm", "warn", f"not probed: {DEFAULT_EMULATOR} is missing")
     try:
         choice = await probe_accelerator(refresh=refresh)
-    except OSError as exc:
+    except VirtnodeError as exc:
         return Check("/dev/kvm", "warn", f"not probed: {exc}")
     cached = " (cached verdict; --refresh probes again)" if choice.cached else ""
     if choice.accel == "kvm":

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from virtnode.errors import LaunchError
 from virtnode.tinyguest import GuestBuildError, build_tiny_guest, default_cache_dir, kernel_cmdline
 
 __all__ = [
@@ -66,24 +67,27 @@ class AccelChoice:
 
 
 async def qemu_version(emulator: str = DEFAULT_EMULATOR) -> str:
-    """``7.2.22`` from ``qemu-system-x86_64 --version``; raises ``OSError`` if QEMU is absent."""
-    proc = await asyncio.create_subprocess_exec(
-        emulator,
-        "--version",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    """``7.2.22`` from ``qemu-system-x86_64 --version``; :class:`LaunchError` if it cannot run."""
     try:
-        async with asyncio.timeout(VERSION_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        proc = await asyncio.create_subprocess_exec(
+            emulator,
+            "--version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(VERSION_TIMEOUT_S):
+                out, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    except OSError as exc:  # also TimeoutError
+        raise LaunchError(f"{emulator} --version could not run: {exc}") from exc
     match = re.search(r"version (\S+)", out.decode(errors="replace"))
     if proc.returncode != 0 or match is None:
-        raise OSError(f"{emulator} --version exited with {proc.returncode} and no version")
+        raise LaunchError(f"{emulator} --version exited with {proc.returncode} and no version")
     return match.group(1)
 
 
@@ -97,8 +101,8 @@ async def probe_accelerator(
 ) -> AccelChoice:
     """KVM if a test guest really boots under it, TCG otherwise (never raises for that).
 
-    Raises ``OSError`` only when ``emulator`` itself cannot be run. The probe QEMU is
-    always killed, also on cancellation.
+    Raises :class:`~virtnode.errors.LaunchError` only when ``emulator`` itself cannot
+    run. The probe QEMU is always killed, also on cancellation.
     """
     unusable = _kvm_device_problem(kvm_device)
     if unusable:

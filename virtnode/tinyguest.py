@@ -145,19 +145,28 @@ def build_tiny_guest(cache_dir: Path | None = None, kernel_release: str | None =
     root = (cache_dir or default_cache_dir()) / "tinyguest"
     entry = root / f"{release}-{inputs.key()}"
     if not (entry / "manifest.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
-            _build_into(tmp, inputs)
-            tmp.chmod(0o755)  # mkdtemp makes it private; QEMU may run as another user
-            try:
-                tmp.rename(entry)
-            except OSError:
-                if not (entry / "manifest.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _build_atomically(root, entry, inputs)
+        except OSError as exc:
+            raise GuestBuildError(
+                f"building the tiny guest in {root} failed: {exc.strerror or exc}"
+            ) from exc
     return _guest_at(entry, release)
+
+
+def _build_atomically(root: Path, entry: Path, inputs: _Inputs) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        _build_into(tmp, inputs)
+        tmp.chmod(0o755)  # mkdtemp makes it private; QEMU may run as another user
+        try:
+            tmp.rename(entry)
+        except OSError:
+            if not (entry / "manifest.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _guest_at(entry: Path, release: str) -> TinyGuest:

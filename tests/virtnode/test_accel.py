@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from virtnode.accel import AccelChoice, probe_accelerator
+from virtnode.errors import LaunchError
 from virtnode.tinyguest import TinyGuest
 
 # This machine class serves /dev/kvm from PVM, which cannot run stock kernels.
@@ -93,3 +94,10 @@ async def test_a_guest_that_boots_means_kvm(cache_dir: Path, tmp_path: Path) -> 
     pid = int((tmp_path / "qemu.pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_missing_emulator_is_a_launch_error(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="could not run"):
+        await probe_accelerator(
+            cache_dir=tmp_path, emulator=str(tmp_path / "no-qemu"), kvm_device=Path("/dev/null")
+        )
