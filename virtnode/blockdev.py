@@ -33,11 +33,14 @@ class AttachedDisk:
     port: str | None = None
     #: AHCI port index for sata disks.
     sata_unit: int | None = None
+    #: Bumped when a mirror moves the disk to new nodes (node names must stay unique).
+    generation: int = 0
 
     @property
     def node_name(self) -> str:
         # QEMU node names are at most 31 characters; disk names may be 63.
-        return "dp" + hashlib.sha256(self.disk.name.encode()).hexdigest()[:16]
+        base = "dp" + hashlib.sha256(self.disk.name.encode()).hexdigest()[:16]
+        return f"{base}-g{self.generation}" if self.generation else base
 
     @property
     def file_node_name(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -100,23 +101,31 @@ class ConsoleHub:
         start = max(since - self._base, 0)
         return self._backlog[start:].decode(errors="replace")
 
-    async def wait_for(self, needle: str, *, since: int = 0, limit: float) -> int:
-        """Wait until ``needle`` appears after offset ``since``; return the offset past it."""
-        want = needle.encode()
+    async def wait_for(
+        self, needle: str | re.Pattern[bytes], *, since: int = 0, limit: float
+    ) -> int:
+        """Wait until ``needle`` (text or bytes regex) appears after offset ``since``.
+
+        Returns the stream offset just past the match.
+        """
+        pattern = (
+            needle if isinstance(needle, re.Pattern) else re.compile(re.escape(needle.encode()))
+        )
         try:
             async with asyncio.timeout(limit), self._changed:
                 while True:
                     start = max(since - self._base, 0)
-                    found = self._backlog.find(want, start)
-                    if found >= 0:
-                        return self._base + found + len(want)
+                    found = pattern.search(self._backlog, start)
+                    if found is not None:
+                        return self._base + found.end()
                     if self.closed:
                         break
                     await self._changed.wait()
         except TimeoutError:
             pass
+        shown = getattr(needle, "pattern", needle)
         raise ConsoleError(
-            f"VM {self._vm} did not print {needle!r} within {limit:g} s; "
+            f"VM {self._vm} did not print {shown!r} within {limit:g} s; "
             f"last output: {self.text()[-300:]!r}"
         )
 

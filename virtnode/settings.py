@@ -49,6 +49,10 @@ class AgentSettings:
     #: Run QEMU as this user when the agent is root (created when missing).
     qemu_user: str = "qemu"
     qemu_uid: int = 107
+    #: How long the guest may take to release an unplugged disk (DEVICE_DELETED).
+    unplug_timeout: float = 30.0
+    #: How long a block job (mirror, commit) may take to become ready and to finish.
+    block_job_timeout: float = 300.0
     #: Migration defaults (bytes/s and ms); QEMU 7.2's default cap is 128 MiB/s.
     migration_max_bandwidth: int = 8 * 2**30
     migration_downtime_limit_ms: int = 300

@@ -20,7 +20,7 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from virtnode.argv import LaunchOptions, build_argv
@@ -86,6 +86,8 @@ class VirtualMachine:
         self.console: ConsoleHub | None = None
         self.disks: dict[str, AttachedDisk] = {}
         self.hotplugged: dict[str, dict[str, Any]] = {}
+        #: disk name -> active external snapshot {"file", "node"} (until committed)
+        self.snapshots: dict[str, dict[str, str]] = {}
         self.extra: dict[str, Any] = {}  # migration state etc., shown in status
         self.started_at = time.time()
         self.finished = asyncio.Event()
@@ -261,10 +263,12 @@ class VirtualMachine:
                     "readonly": a.readonly,
                     "port": a.port,
                     "sataUnit": a.sata_unit,
+                    "generation": a.generation,
                 }
                 for name, a in self.disks.items()
             },
             "hotplugged": self.hotplugged,
+            "snapshots": self.snapshots,
             "startedAt": self.started_at,
         }
         self.run.write_json(self.run.state_file, state)
@@ -280,6 +284,7 @@ class VirtualMachine:
         )
         self.started_at = float(state.get("startedAt", time.time()))
         self.hotplugged = dict(state.get("hotplugged", {}))
+        self.snapshots = dict(state.get("snapshots", {}))
         self.disks = restore_disks(self.spec, state)
         if not is_alive(self.identity):
             self.identity = None
@@ -397,6 +402,37 @@ class VirtualMachine:
         if self.qmp is None:
             raise VmStateError(f"VM {self.key} has no QEMU monitor (phase {self.phase.value})")
         return await self.qmp.execute(command, args)
+
+    async def wait_finished(self, limit: float) -> None:
+        """Wait until QEMU is gone and the final phase is set (``TimeoutError`` after ``limit``)."""
+        async with asyncio.timeout(limit):
+            await self.finished.wait()
+
+    async def execute(self, command: str, args: Mapping[str, Any] | None = None) -> Any:
+        """One QMP command on this VM's monitor (for volume operations and migration)."""
+        return await self._execute(command, args)
+
+    async def wait_event(
+        self,
+        predicate: Callable[[QmpEvent], bool],
+        limit: float,
+        start: Callable[[], Awaitable[Any]],
+    ) -> QmpEvent:
+        """Run ``start`` and wait for the first QMP event matching ``predicate`` after it."""
+        loop = asyncio.get_running_loop()
+        seen: asyncio.Future[QmpEvent] = loop.create_future()
+
+        def waiter(event: QmpEvent) -> None:
+            if not seen.done() and predicate(event):
+                seen.set_result(event)
+
+        self.event_waiters.append(waiter)
+        try:
+            await start()
+            async with asyncio.timeout(limit):
+                return await seen
+        finally:
+            self.event_waiters.remove(waiter)
 
     def require_running(self, action: str) -> None:
         if self.phase is not Phase.RUNNING or self.identity is None:

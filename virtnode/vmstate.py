@@ -28,5 +28,6 @@ def restore_disks(spec: VmiSpec, state: Mapping[str, Any]) -> dict[str, Attached
             readonly=bool(entry["readonly"]),
             port=entry.get("port"),
             sata_unit=entry.get("sataUnit"),
+            generation=int(entry.get("generation", 0)),
         )
     return out
