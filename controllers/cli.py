@@ -20,6 +20,7 @@ Handler = Callable[[argparse.Namespace], int]
 COMMAND_MODULES = (
     "controllers.doctor",
     "cdi.cli",
+    "cdi.service.cli",
     "containerdisk.cli",
     "virtnode.cli",
     "controllers.commands",

@@ -1,0 +1,247 @@
+"""Upload endpoints (CDI's upload proxy, resumable): ``/v1/uploads/{namespace}/{name}``.
+
+``PUT`` streams a raw body, ``POST`` a multipart form (first ``file`` part);
+the ``/async`` variants answer once the bytes are staged, the plain ones
+once the import finished. ``Content-Range: bytes A-B/TOTAL`` continues an
+interrupted upload at ``A``; ``HEAD``/``GET`` report the bytes received
+(``Upload-Offset`` header and an ``UploadStatus`` body). Every call needs
+``Authorization: Bearer <upload token>`` for exactly that volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import BodyPartReader, StreamReader, web
+
+from cdi.service.errors import JobConflict, JobFailed, UploadError
+from cdi.service.model import ImportJob, Phase, VolumeRef
+from cdi.service.openapi import RouteDoc
+from cdi.service.state import SERVICE, ImporterService
+from cdi.service.uploads import WRITE_CHUNK, UploadRange, parse_content_range
+
+log = logging.getLogger(__name__)
+
+# An upload may exceed the volume's capacity by this share (image metadata).
+UPLOAD_SLACK_DIVISOR = 64
+UPLOAD_SLACK_BYTES = 16 * 1024 * 1024
+
+
+def _target(request: web.Request, service: ImporterService) -> tuple[VolumeRef, ImportJob]:
+    volume = VolumeRef.parse(
+        f"{request.match_info['namespace']}/{request.match_info['name']}", "path"
+    )
+    service.tokens.verify(request.headers.get("Authorization"), volume)
+    job = service.scheduler.active_for_volume(volume.namespace, volume.name)
+    if job is None or job.spec.source_kind != "upload":
+        raise web.HTTPNotFound(
+            text=f'{{"error": "no upload import is waiting for volume {volume}; '
+            'create one with POST /v1/imports", "field": null}',
+            content_type="application/json",
+        )
+    return volume, job
+
+
+def _status(service: ImporterService, job: ImportJob) -> dict[str, object]:
+    received = service.staging.received(job.id)
+    total = service.staging.total(job.id)
+    return {
+        "jobId": job.id,
+        "bytesReceived": received,
+        "totalBytes": total,
+        "complete": job.phase is not Phase.UPLOAD_PENDING,
+        "phase": job.phase.value,
+    }
+
+
+async def upload_status(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _, job = _target(request, service)
+    status = _status(service, job)
+    return web.json_response(status, headers={"Upload-Offset": str(status["bytesReceived"])})
+
+
+async def _coalesce(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Bigger writes: gather the socket's small chunks into ~1 MiB pieces."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= WRITE_CHUNK:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+async def _stream_chunks(reader: StreamReader) -> AsyncIterator[bytes]:
+    async for chunk in reader.iter_chunked(WRITE_CHUNK):
+        yield chunk
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(WRITE_CHUNK):
+        yield chunk
+
+
+async def _receive(
+    service: ImporterService,
+    job: ImportJob,
+    placement: UploadRange,
+    body: AsyncIterator[bytes],
+    ranged: bool,
+) -> None:
+    if job.phase is not Phase.UPLOAD_PENDING:
+        raise JobConflict(f"the upload for volume {job.spec.target} is already complete")
+    limit = job.spec.size_bytes + job.spec.size_bytes // UPLOAD_SLACK_DIVISOR + UPLOAD_SLACK_BYTES
+    before = placement.start
+    try:
+        received = await service.staging.receive(job.id, placement, _coalesce(body), limit)
+    except UploadError:
+        raise
+    except Exception as exc:  # the body broke off: what was written is kept for resume
+        service.metrics.upload_bytes += max(service.staging.received(job.id) - before, 0)
+        log.info(
+            "upload for volume %s interrupted after %d bytes",
+            job.spec.target,
+            service.staging.received(job.id),
+        )
+        raise UploadError("the upload body ended early; continue with Content-Range") from exc
+    service.metrics.upload_bytes += received - before
+    if not ranged and placement.total is None:
+        service.staging.mark_finished_unknown_total(job.id)
+    if service.staging.complete(job.id):
+        log.info(
+            "upload for volume %s complete (%d bytes); import queued", job.spec.target, received
+        )
+        await service.scheduler.release_upload(job)
+
+
+async def _answer(service: ImporterService, job: ImportJob, sync: bool) -> web.Response:
+    if sync and job.phase is not Phase.UPLOAD_PENDING:
+        async with asyncio.timeout(service.settings.upload_sync_timeout_seconds):
+            job = await service.scheduler.wait(job.id)
+        if job.phase is not Phase.SUCCEEDED:
+            raise JobFailed(job.reason or "Failed", job.message or "the import failed", final=True)
+        return web.json_response(job.to_json())
+    status = _status(service, job)
+    return web.json_response(status, headers={"Upload-Offset": str(status["bytesReceived"])})
+
+
+def _put(sync: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def put(request: web.Request) -> web.Response:
+        service = request.app[SERVICE]
+        _, job = _target(request, service)
+        header = request.headers.get("Content-Range")
+        placement = parse_content_range(header, request.content_length)
+        await _receive(service, job, placement, _stream_chunks(request.content), header is not None)
+        return await _answer(service, job, sync)
+
+    return put
+
+
+def _post_form(sync: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def post(request: web.Request) -> web.Response:
+        service = request.app[SERVICE]
+        _, job = _target(request, service)
+        header = request.headers.get("Content-Range")
+        placement = parse_content_range(header, None)
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                raise UploadError("the form has no 'file' part")
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                break
+        await _receive(service, job, placement, _part_chunks(part), header is not None)
+        return await _answer(service, job, sync)
+
+    return post
+
+
+_BASE = "/v1/uploads/{namespace}/{name}"
+_UPLOAD_ERRORS = {
+    400: "Error",
+    401: "Error",
+    403: "Error",
+    404: "Error",
+    409: "Error",
+    413: "Error",
+    416: "Error",
+}
+_RAW = "application/octet-stream"
+_FORM = "multipart/form-data"
+
+UPLOAD_ROUTES: list[tuple[RouteDoc, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    (
+        RouteDoc(
+            "GET",
+            _BASE,
+            "getUploadStatus",
+            "Bytes received so far (resume point)",
+            responses={200: "UploadStatus", 401: "Error", 403: "Error", 404: "Error"},
+            auth="uploadToken",
+        ),
+        upload_status,
+    ),
+    (
+        RouteDoc(
+            "HEAD",
+            _BASE,
+            "headUploadStatus",
+            "Bytes received, in the Upload-Offset header",
+            responses={200: None, 401: None, 403: None, 404: None},
+            auth="uploadToken",
+        ),
+        upload_status,
+    ),
+    (
+        RouteDoc(
+            "PUT",
+            _BASE,
+            "uploadSync",
+            "Raw body; answers when the import finished",
+            request_content=_RAW,
+            responses={200: "ImportJob", 422: "Error", **_UPLOAD_ERRORS},
+            auth="uploadToken",
+        ),
+        _put(sync=True),
+    ),
+    (
+        RouteDoc(
+            "PUT",
+            _BASE + "/async",
+            "uploadAsync",
+            "Raw body; answers when bytes are staged",
+            request_content=_RAW,
+            responses={200: "UploadStatus", **_UPLOAD_ERRORS},
+            auth="uploadToken",
+        ),
+        _put(sync=False),
+    ),
+    (
+        RouteDoc(
+            "POST",
+            _BASE,
+            "uploadFormSync",
+            "Multipart form (part 'file'); sync",
+            request_content=_FORM,
+            responses={200: "ImportJob", 422: "Error", **_UPLOAD_ERRORS},
+            auth="uploadToken",
+        ),
+        _post_form(sync=True),
+    ),
+    (
+        RouteDoc(
+            "POST",
+            _BASE + "/async",
+            "uploadFormAsync",
+            "Multipart form (part 'file'); async",
+            request_content=_FORM,
+            responses={200: "UploadStatus", **_UPLOAD_ERRORS},
+            auth="uploadToken",
+        ),
+        _post_form(sync=False),
+    ),
+]
