@@ -316,6 +316,8 @@ async def push_artifact(
     }
     if await upload_bytes(transport, ref, mt.EMPTY_CONFIG_BYTES, EMPTY_CONFIG.digest):
         result.uploaded_blobs += 1
+    else:
+        result.skipped_blobs += 1
     manifest = Manifest(
         EMPTY_CONFIG, tuple(layers), annotations=labels, artifact_type=mt.DISK_ARTIFACT_TYPE
     )

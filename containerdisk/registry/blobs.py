@@ -6,15 +6,25 @@ names it while it streams; a mismatch is raised at the end of the blob.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
+
 from containerdisk import mediatypes as mt
-from containerdisk.errors import DigestMismatch, ManifestError, NotFound, RegistryError
+from containerdisk.errors import (
+    DigestMismatch,
+    ManifestError,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+)
 from containerdisk.oci import MAX_MANIFEST_BYTES, Descriptor, StreamDigest, sha256_digest
 from containerdisk.reference import Reference
 from containerdisk.registry.transport import Transport, translate_errors
 
 READ_PIECE = 1024 * 1024
+log = logging.getLogger(__name__)
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -82,24 +92,51 @@ async def head_blob(
 async def blob_chunks(
     transport: Transport, ref: Reference, desc: Descriptor, *, verify: bool = True
 ) -> AsyncIterator[bytes]:
-    """The blob's bytes as they arrive; DigestMismatch at the end if they are not ``desc``."""
+    """The blob's bytes as they arrive; DigestMismatch at the end if they are not ``desc``.
+
+    A download cut by a connection error continues with a Range request from the
+    byte it stopped at (the digest keeps running), up to the retry budget.
+    """
     what = f"blob {desc.digest} of {ref.registry}/{ref.repository}"
-    resp = await transport.request(
-        "GET", ref, f"/v2/{ref.repository}/blobs/{desc.digest}", scope=pull_scope(ref), what=what
-    )
     seen = StreamDigest()
-    async with resp:
-        async with translate_errors(what):
-            iterator = resp.content.iter_chunked(READ_PIECE)
-        while True:
-            async with translate_errors(what):
-                piece = await anext(iterator, None)
-            if piece is None:
-                break
-            seen.update(piece)
-            if seen.size > desc.size:
-                raise DigestMismatch(f"{what} is longer than its descriptor's {desc.size} bytes")
-            yield piece
+    cuts = 0
+    while True:
+        headers = {"Range": f"bytes={seen.size}-"} if seen.size else None
+        resp = await transport.request(
+            "GET",
+            ref,
+            f"/v2/{ref.repository}/blobs/{desc.digest}",
+            scope=pull_scope(ref),
+            what=what,
+            headers=headers,
+            ok=(200, 206),
+        )
+        async with resp:
+            if seen.size and resp.status != 206:
+                raise RegistryUnavailable(
+                    f"{what}: download was cut and the registry cannot resume it (no Range support)"
+                )
+            try:
+                async for piece in resp.content.iter_chunked(READ_PIECE):
+                    seen.update(piece)
+                    if seen.size > desc.size:
+                        raise DigestMismatch(
+                            f"{what} is longer than its descriptor's {desc.size} bytes"
+                        )
+                    yield piece
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                cuts += 1
+                if cuts >= transport.settings.retry_attempts or seen.size >= desc.size:
+                    async with translate_errors(what):
+                        raise
+                log.info(
+                    "%s: download cut at %d bytes (%s); resuming",
+                    what,
+                    seen.size,
+                    type(exc).__name__,
+                )
+                continue
+        break
     if verify:
         seen.verify(desc.digest, what, desc.size)
 

@@ -36,10 +36,12 @@ def _with_query(url: str, **params: str) -> str:
 
 
 def _offset_from_range(value: str | None) -> int | None:
-    """``0-N`` -> N+1 (distribution sends ``0--1`` for an empty upload)."""
+    """``0-N`` -> N+1; ``0-0`` is how distribution 2.8 says "empty" (never 1 byte for us)."""
     if not value:
         return None
-    _, _, end = value.partition("-")
+    start, _, end = value.partition("-")
+    if start == "0" and end in ("0", "-1"):
+        return 0
     try:
         return max(0, int(end) + 1)
     except ValueError:
@@ -152,7 +154,7 @@ class BlobUpload:
             reported = _offset_from_range(resp.headers.get("Range"))
         self.patches += 1
         expected = self.offset + len(piece)
-        if reported is not None and reported != expected:
+        if reported and reported != expected:  # 0 may mean "0-0", i.e. one byte
             raise UploadFailed(
                 f"{self._what}: registry holds {reported} bytes, expected {expected}"
             )
