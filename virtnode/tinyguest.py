@@ -39,6 +39,8 @@ from virtnode.errors import VirtnodeError
 __all__ = [
     "BUILDER_VERSION",
     "CACHE_DIR_ENV",
+    "MARKER_TEMPLATE",
+    "POWER_BUTTON_LINE",
     "READY_LINE",
     "GuestBuildError",
     "TinyGuest",
@@ -50,7 +52,9 @@ __all__ = [
 
 BUILDER_VERSION = "1"
 CACHE_DIR_ENV = "DISKPLANE_CACHE_DIR"
+# Console lines of the guest's /init (tinyguest_init.sh lists them all).
 READY_LINE = "DISKPLANE-GUEST READY"
+POWER_BUTTON_LINE = "DISKPLANE-GUEST POWER-BUTTON"
 MARKER_TEMPLATE = "DISKPLANE-MARKER count={count}"
 
 BUSYBOX = Path("/bin/busybox")

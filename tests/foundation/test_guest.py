@@ -15,6 +15,7 @@ import pytest
 from tests.support.guest import boot_guest
 from virtnode.accel import AccelChoice
 from virtnode.tinyguest import (
+    POWER_BUTTON_LINE,
     READY_LINE,
     GuestBuildError,
     TinyGuest,
@@ -125,7 +126,7 @@ async def test_marker_survives_a_reboot(
         await run.wait_for(READY_LINE)
         await run.wait_for(r"^tick 1 disks=vda$")
         await run.powerdown()
-        await run.wait_for("DISKPLANE-GUEST POWER-BUTTON")
+        await run.wait_for(POWER_BUTTON_LINE)
         assert await run.wait_exit() == 0
 
 
