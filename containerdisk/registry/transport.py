@@ -84,6 +84,10 @@ async def translate_errors(what: str) -> AsyncIterator[None]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+        exc, aiohttp.ClientSSLError
+    ):
+        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
     text = str(exc) or type(exc).__name__
@@ -192,8 +196,22 @@ class Transport:
         lock = self._probe_locks.setdefault(host, asyncio.Lock())
         async with lock:
             if host not in self._bases:
-                self._bases[host] = await self._probe(host, ref.is_local)
+                self._bases[host] = await self._probe_with_retries(host, ref.is_local)
         return self._bases[host]
+
+    async def _probe_with_retries(
+        self, host: str, local: bool
+    ) -> tuple[str, ssl.SSLContext | bool]:
+        delay = self.settings.retry_backoff
+        for attempt in range(1, self.settings.retry_attempts + 1):
+            try:
+                return await self._probe(host, local)
+            except RegistryUnavailable:
+                if attempt == self.settings.retry_attempts:
+                    raise
+            await asyncio.sleep(min(delay, self.settings.retry_backoff_max))
+            delay *= 2
+        raise AssertionError("unreachable")
 
     async def _probe(self, host: str, local: bool) -> tuple[str, ssl.SSLContext | bool]:
         """HTTPS first; plain HTTP only for local registries or with ``insecure``."""
@@ -207,16 +225,18 @@ class Transport:
                     raise
             await self._ping(f"https://{host}", False, what)
             return f"https://{host}", False
-        except (
-            aiohttp.ClientSSLError,
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError,
-        ) as exc:
-            if not (self._insecure or local):
-                raise InsecureRegistryRefused(
-                    f"{what} does not answer HTTPS ({type(exc).__name__}); plain HTTP is used"
-                    " only with --insecure (or for localhost)"
-                ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            if not isinstance(exc, aiohttp.ClientSSLError):  # refused, unreachable: not TLS
+                async with translate_errors(what):
+                    raise
+            plain_suspect: BaseException = exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            plain_suspect = exc
+        if not (self._insecure or local):
+            raise InsecureRegistryRefused(
+                f"{what} does not answer HTTPS ({type(plain_suspect).__name__}); plain HTTP is"
+                " used only with --insecure (or for localhost)"
+            ) from plain_suspect
         async with translate_errors(what):
             await self._ping(f"http://{host}", False, what)
         return f"http://{host}", False
