@@ -224,24 +224,25 @@ async def _console_out(stream: AsyncIterator[bytes], ws: web.WebSocketResponse) 
 async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     response.headers["Cache-Control"] = "no-cache"
-    await response.prepare(request)
-    stream = _agent(request).events.subscribe()
-    await response.write(b": subscribed\n\n")
+    subscription = _agent(request).events.subscribe()
     try:
+        await response.prepare(request)
+        # Sent after subscribing: a client that read it will not miss later events.
+        await response.write(b": subscribed\n\n")
         while True:
             try:
                 async with asyncio.timeout(SSE_KEEPALIVE):
-                    event = await anext(stream)
+                    event = await subscription.get()
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
-            except StopAsyncIteration:
+            if event is None:
                 break
             await response.write(f"data: {json.dumps(event, default=str)}\n\n".encode())
     except (ConnectionResetError, RuntimeError):
         pass  # the client went away
     finally:
-        await stream.aclose()
+        subscription.close()
     return response
 
 

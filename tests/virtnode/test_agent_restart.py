@@ -1,0 +1,128 @@
+"""``diskplane node serve`` as a real process: API, console websocket, events, live updates.
+
+Two guests run under an agent that is killed with SIGKILL and restarted: both are
+re-adopted (same QEMU pid, consoles and actions work). Killing one QEMU is seen at once
+(``Failed`` on the event stream); a QEMU that dies while the agent is down is reported
+on the next start, and a stale run dir is cleaned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.virtnode.agentproc import AgentProcess, api, console_until, sse_events
+from tests.virtnode.conftest import make_volume, vmi_object
+from virtnode import AccelInfo, AgentSettings
+from virtnode.tinyguest import TinyGuest
+
+pytestmark = pytest.mark.guest
+
+MiB = 2**20
+
+
+def vm_url(agent: AgentProcess, name: str) -> str:
+    return f"{agent.url}/v1/namespaces/default/vmis/{name}"
+
+
+async def test_agent_killed_and_restarted_readopts_guests(
+    data_dir: Path, accel_info: AccelInfo, tiny_guest: TinyGuest
+) -> None:
+    settings = AgentSettings(data_dir=data_dir)
+    pids: list[int] = []
+    agent = AgentProcess(data_dir, accel_info.accel)
+    await agent.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _run_scenario(agent, session, settings, tiny_guest, pids)
+    finally:
+        await agent.stop()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _run_scenario(
+    agent: AgentProcess,
+    session: aiohttp.ClientSession,
+    settings: AgentSettings,
+    guest: TinyGuest,
+    pids: list[int],
+) -> None:
+    health = await api(session, "GET", agent.url + "/healthz")
+    assert health["accelerator"]["name"] == agent.accel
+    await api(session, "GET", vm_url(agent, "nope"), expect=404)
+    bad = vmi_object("bad", guest, volumes=[{"name": "x", "hostDisk": {}}])
+    assert "hostDisk" in (await api(session, "POST", agent.url + "/v1/vmis", bad, 422))["message"]
+
+    for name in ("vm-a", "vm-b"):
+        make_volume(settings, f"pvc-{name}", 8 * MiB)
+        obj = vmi_object(
+            name,
+            guest,
+            volumes=[{"name": "root", "persistentVolumeClaim": {"claimName": f"pvc-{name}"}}],
+        )
+        created = await api(session, "POST", agent.url + "/v1/vmis", obj, 201)
+        assert created["status"]["phase"] == "Running"
+        pids.append(created["status"]["qemu"]["pid"])
+    for name in ("vm-a", "vm-b"):
+        await console_until(session, vm_url(agent, name) + "/console", r"tick 2 disks=vda")
+
+    # SIGKILL the agent: the guests keep running.
+    await agent.kill9()
+    for pid in pids:
+        os.kill(pid, 0)
+    await agent.start()
+    listed = await api(session, "GET", agent.url + "/v1/vmis")
+    assert {i["metadata"]["name"]: i["status"]["qemu"]["pid"] for i in listed["items"]} == {
+        "vm-a": pids[0],
+        "vm-b": pids[1],
+    }
+    assert all(i["status"]["phase"] == "Running" for i in listed["items"])
+    for name in ("vm-a", "vm-b"):
+        # The console works again: a tick newer than any before the restart shows up.
+        match = await console_until(session, vm_url(agent, name) + "/console", r"tick (\d+) ")
+        last = int(match.group(1))
+        await console_until(
+            session, vm_url(agent, name) + "/console", rf"tick {last + 2} disks=vda"
+        )
+    paused = await api(session, "PUT", vm_url(agent, "vm-a") + "/pause")
+    assert paused["vmi"]["status"]["printableStatus"] == "Paused"
+    await api(session, "PUT", vm_url(agent, "vm-a") + "/unpause")
+
+    # A crash (QEMU killed) is Failed on the event stream within about a second.
+    events = sse_events(session, agent.url + "/v1/events")
+    assert (await anext(events))["type"] == "subscribed"
+    os.kill(pids[1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    async with asyncio.timeout(10):
+        async for event in events:
+            if event.get("vmi") == "default/vm-b" and event.get("phase") == "Failed":
+                break
+    assert time.monotonic() - killed_at < 1.5
+    await events.aclose()
+    failed = await api(session, "GET", vm_url(agent, "vm-b"))
+    assert failed["status"]["reason"] == "QemuExited"
+
+    # A QEMU that dies while the agent is down is reported; a stale run dir is removed.
+    await agent.kill9()
+    os.kill(pids[0], signal.SIGKILL)
+    stale = settings.run_dir / "vm-0000000000000000"
+    stale.mkdir()
+    await agent.start()
+    gone = await api(session, "GET", vm_url(agent, "vm-a"))
+    assert gone["status"]["phase"] == "Failed"
+    assert gone["status"]["reason"] == "QemuExitedWhileAgentDown"
+    assert not stale.exists()
+    assert list(settings.run_dir.iterdir()) == []
+    metrics = await (await session.get(agent.url + "/metrics")).text()
+    assert 'diskplane_vmis{phase="Failed"} 1' in metrics
+    await api(session, "DELETE", vm_url(agent, "vm-a"))
+    await api(session, "GET", vm_url(agent, "vm-a"), expect=404)
