@@ -23,6 +23,12 @@ from containerdisk.push import (
 )
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 async def build_oci_layout(
     disk: Path,
     layout_dir: Path,
@@ -48,7 +54,7 @@ async def build_oci_layout(
         try:
 
             async def sink(data: bytes) -> None:
-                await asyncio.to_thread(os.write, fd, data)
+                await asyncio.to_thread(_write_all, fd, data)
 
             blob = await stream_disk_blob(
                 prepared.path,
@@ -56,6 +62,7 @@ async def build_oci_layout(
                 tar=format == "containerdisk",
                 sink=sink,
                 progress=progress,
+                phase="build",
             )
             await asyncio.to_thread(os.fsync, fd)
         finally:

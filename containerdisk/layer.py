@@ -78,6 +78,7 @@ async def stream_disk_blob(
     sink: Sink,
     progress: Progress | None = None,
     tar_name: str | None = None,
+    phase: str = "upload",
 ) -> BlobResult:
     """Read ``path`` once into ``sink`` as a (tar-framed, compressed) blob."""
     size = (await asyncio.to_thread(path.stat)).st_size
@@ -113,7 +114,7 @@ async def stream_disk_blob(
             await sink(blob)
             done_bytes += len(data)
             if progress:
-                progress("upload", done_bytes, size)
+                progress(phase, done_bytes, size)
     finally:
         for fut in inflight:
             fut.cancel()
