@@ -38,7 +38,7 @@ def compress_block(compression: Compression, data: bytes) -> bytes:
         co = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         return co.compress(data) + co.flush()
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(data)
     return data
 
 

@@ -200,7 +200,7 @@ def _hash_range(path: Path, offset: int, size: int) -> str:
 def _compress_range(path: Path, offset: int, size: int) -> tuple[bytes, str]:
     """One zstd frame of the range, in memory (a segment), and the range's own sha256."""
     raw = hashlib.sha256()
-    cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+    cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compressobj()
     out = bytearray()
     with path.open("rb") as f:
         f.seek(offset)
