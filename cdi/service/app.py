@@ -140,7 +140,9 @@ def _ssl_context(settings: ServiceSettings) -> ssl.SSLContext | None:
 async def serve(settings: ServiceSettings, ready: Callable[[int], None] | None = None) -> None:
     """Run until SIGINT/SIGTERM; ``ready(port)`` is called once the socket listens."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_ssl_context(settings))
     await site.start()

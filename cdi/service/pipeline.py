@@ -59,6 +59,10 @@ class PipelineRunner:
     async def run(self, job: ImportJob, on_progress: ProgressCallback) -> ImportOutcome:
         if job.spec.source_kind == "pvc":
             return await asyncio.to_thread(self._clone, job, on_progress)
+        if job.volume_created and self._finished_before(job):
+            # The service died after the pipeline finished but before it noted so.
+            await asyncio.to_thread(self.staging.discard, job.id)
+            return ImportOutcome(job.bytes_read, job.bytes_written, resumed=True)
         request = self._request(job)
         try:
             result = await run_import(
@@ -115,6 +119,13 @@ class PipelineRunner:
                 "CertNotFound", f"CA bundle {namespace}/{name} does not exist", final=True
             )
         return path
+
+    def _finished_before(self, job: ImportJob) -> bool:
+        target = job.spec.target
+        try:
+            return self.pool.get(target.namespace, target.name).state() == "Ready"
+        except VolumeNotFound:
+            return False
 
     def volume_exists(self, job: ImportJob) -> bool:
         target = job.spec.target

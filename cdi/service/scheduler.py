@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -170,16 +171,8 @@ class JobScheduler:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             await asyncio.to_thread(self._runner.discard, job)
-            job.phase = Phase.CANCELLED
-            job.reason = "Cancelled"
-            job.message = (
-                f"import into {job.spec.target} was cancelled; its partial data was removed"
-            )
-            job.finished_at = now_iso()
-            await self._store.save(job)
-            self.metrics.finish(job.owner_uid, "Cancelled")
-            self._changed(job)
-            self._finished_event(job.id).set()
+            message = f"import into {job.spec.target} was cancelled; its partial data was removed"
+            await self._finish(job, Phase.CANCELLED, "Cancelled", message)
             log.info("import job %s cancelled", job.id)
             return job
         finally:
@@ -320,13 +313,16 @@ class JobScheduler:
     async def _finish(
         self, job: ImportJob, phase: Phase, reason: str | None, message: str | None
     ) -> None:
-        job.phase = phase
-        job.reason = reason
-        job.message = message
-        job.stage = "done" if phase is Phase.SUCCEEDED else job.stage
-        job.finished_at = now_iso()
+        # Persist first, then change the live job in one step, so nobody sees an
+        # end state that a crash could still undo.
+        stage = "done" if phase is Phase.SUCCEEDED else job.stage
+        ended = dataclasses.replace(
+            job, phase=phase, reason=reason, message=message, stage=stage, finished_at=now_iso()
+        )
         self._dirty.discard(job.id)
-        await self._store.save(job)
+        await self._store.save(ended)
+        job.phase, job.reason, job.message = phase, reason, message
+        job.stage, job.finished_at = stage, ended.finished_at
         self.metrics.finish(job.owner_uid, reason)
         self._changed(job)
         self._finished_event(job.id).set()

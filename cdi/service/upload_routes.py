@@ -75,8 +75,13 @@ async def _coalesce(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield bytes(buffer)
 
 
-async def _stream_chunks(reader: StreamReader) -> AsyncIterator[bytes]:
-    async for chunk in reader.iter_chunked(WRITE_CHUNK):
+async def _stream_chunks(reader: StreamReader, idle_timeout: float) -> AsyncIterator[bytes]:
+    """The body's chunks; a body that goes quiet for ``idle_timeout`` s is dropped."""
+    while True:
+        async with asyncio.timeout(idle_timeout):
+            chunk = await reader.readany()
+        if not chunk:
+            return
         yield chunk
 
 
@@ -135,7 +140,13 @@ def _put(sync: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
         _, job = _target(request, service)
         header = request.headers.get("Content-Range")
         placement = parse_content_range(header, request.content_length)
-        await _receive(service, job, placement, _stream_chunks(request.content), header is not None)
+        await _receive(
+            service,
+            job,
+            placement,
+            _stream_chunks(request.content, service.settings.upload_read_timeout_seconds),
+            header is not None,
+        )
         return await _answer(service, job, sync)
 
     return put

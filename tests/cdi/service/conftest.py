@@ -132,3 +132,59 @@ def raw_equal(a: Path, b: Path) -> bool:
         timeout=60,
     )
     return result.returncode == 0
+
+
+class GateRunner:
+    """A real ImportRunner behind the seam whose jobs finish when the test opens their gate.
+
+    It reports half the bytes at once, then waits; used where the test must
+    control timing (queueing, fairness, metrics), never to stand in for the
+    pipeline's own behaviour.
+    """
+
+    TOTAL = 1000
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+        self.discarded: list[str] = []
+        self.changed = asyncio.Event()
+
+    def gate(self, name: str) -> asyncio.Event:
+        return self.gates.setdefault(name, asyncio.Event())
+
+    async def run(self, job: Any, on_progress: Any) -> Any:
+        from cdi.service import ImportOutcome, ProgressUpdate
+
+        name = job.spec.target.name
+        self.started.append(name)
+        self.changed.set()
+        on_progress(ProgressUpdate("transfer", self.TOTAL // 2, self.TOTAL, self.TOTAL // 2))
+        await self.gate(name).wait()
+        on_progress(ProgressUpdate("done", self.TOTAL, self.TOTAL, self.TOTAL))
+        return ImportOutcome(self.TOTAL, self.TOTAL)
+
+    async def wait_started(self, count: int, timeout: float = WAIT_TIMEOUT) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.started) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+    def discard(self, job: Any) -> None:
+        self.discarded.append(job.spec.target.name)
+
+    def volume_exists(self, job: Any) -> bool:
+        return True
+
+
+@pytest.fixture
+def gate_service_factory(
+    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]
+) -> Callable[..., Awaitable[tuple[Service, GateRunner]]]:
+    async def make(**overrides: Any) -> tuple[Service, GateRunner]:
+        runner = GateRunner()
+        settings = ServiceSettings(data_dir=tmp_path / "data", **overrides)
+        client = await aiohttp_client(create_app(settings, runner))
+        return Service(client, settings), runner
+
+    return make
