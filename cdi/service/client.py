@@ -175,7 +175,8 @@ class ImporterClient:
                     path, volume, token, status.bytes_received, total, on_progress
                 )
             except ClientError as exc:
-                if exc.status != 0 or attempt == UPLOAD_RETRIES:
+                # 0: the connection broke; 409: the server still finishes the broken request.
+                if exc.status not in (0, 409) or attempt == UPLOAD_RETRIES:
                     raise
                 await asyncio.sleep(UPLOAD_RETRY_BACKOFF * 2**attempt)
         raise AssertionError("unreachable")

@@ -34,6 +34,7 @@ def _obj(props: JsonObject, required: tuple[str, ...] = (), **extra: Any) -> Jso
 
 
 _SECRET_REF = _string(description="name of a secret holding credentials, resolved by the runner")
+_BOOL = {"type": "boolean"}
 _CERT_REF = _string(description="name of a config map holding a CA bundle")
 
 SOURCE_SCHEMA: JsonObject = _obj(
@@ -45,6 +46,7 @@ SOURCE_SCHEMA: JsonObject = _obj(
                 "certConfigMap": _CERT_REF,
                 "extraHeaders": {"type": "array", "items": _string(maxLength=8192)},
                 "secretExtraHeaders": {"type": "array", "items": _string()},
+                "insecureSkipVerify": _BOOL,
             },
             ("url",),
         ),
@@ -53,6 +55,9 @@ SOURCE_SCHEMA: JsonObject = _obj(
                 "url": _string(pattern=r"^(https?|s3)://"),
                 "secretRef": _SECRET_REF,
                 "certConfigMap": _CERT_REF,
+                "endpoint": _string(pattern=r"^https?://", description="S3-compatible endpoint"),
+                "region": _string(),
+                "insecureSkipVerify": _BOOL,
             },
             ("url",),
         ),
@@ -62,6 +67,7 @@ SOURCE_SCHEMA: JsonObject = _obj(
                 "secretRef": _SECRET_REF,
                 "certConfigMap": _CERT_REF,
                 "pullMethod": _string(enum=["pod", "node"]),
+                "insecureSkipVerify": _BOOL,
                 "platform": _obj({"architecture": _string()}),
             },
             ("url",),
@@ -176,9 +182,10 @@ UPLOAD_STATUS_SCHEMA: JsonObject = _obj(
         "bytesReceived": {"type": "integer"},
         "totalBytes": _NULLABLE_INT,
         "complete": {"type": "boolean"},
+        "receiving": {"type": "boolean"},
         "phase": _string(),
     },
-    ("jobId", "bytesReceived", "totalBytes", "complete", "phase"),
+    ("jobId", "bytesReceived", "totalBytes", "complete", "receiving", "phase"),
 )
 
 ERROR_SCHEMA: JsonObject = _obj(

@@ -52,6 +52,7 @@ def _status(service: ImporterService, job: ImportJob) -> dict[str, object]:
         "bytesReceived": received,
         "totalBytes": total,
         "complete": job.phase is not Phase.UPLOAD_PENDING,
+        "receiving": service.staging.receiving(job.id),
         "phase": job.phase.value,
     }
 

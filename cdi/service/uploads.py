@@ -54,6 +54,11 @@ def parse_content_range(header: str | None, content_length: int | None) -> Uploa
 class UploadStaging:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._active: set[str] = set()
+
+    def receiving(self, job_id: str) -> bool:
+        """Whether a request is writing this upload right now."""
+        return job_id in self._active
 
     def path(self, job_id: str) -> Path:
         return self.directory / f"{job_id}.part"
@@ -85,6 +90,20 @@ class UploadStaging:
         self, job_id: str, placement: UploadRange, body: AsyncIterator[bytes], limit: int
     ) -> int:
         """Append ``body`` at ``placement.start``; returns the bytes now staged."""
+        if job_id in self._active:
+            raise UploadError(
+                "another request is still sending this upload; retry when it has ended",
+                status=409,
+            )
+        self._active.add(job_id)
+        try:
+            return await self._receive(job_id, placement, body, limit)
+        finally:
+            self._active.discard(job_id)
+
+    async def _receive(
+        self, job_id: str, placement: UploadRange, body: AsyncIterator[bytes], limit: int
+    ) -> int:
         have = await asyncio.to_thread(self.received, job_id)
         if placement.start > have:
             raise UploadError(
