@@ -75,6 +75,7 @@ class NodeAgent:
             run_as=run_as,
             publish=self.events.publish,
             observe_qmp=self.metrics.observe_qmp,
+            record_migration=self.metrics.record_migration,
             containerdisks=self._containerdisks,
         )
         for run in existing_run_dirs(s.run_dir):
@@ -102,7 +103,7 @@ class NodeAgent:
             await vm.release()
         self.events.close()
 
-    async def create(self, obj: Mapping[str, Any]) -> VirtualMachine:
+    async def create(self, obj: Mapping[str, Any], *, incoming: bool = False) -> VirtualMachine:
         spec = parse_vmi(obj)
         old = self.vms.get(spec.key)
         if old is not None and not old.finished.is_set():
@@ -111,7 +112,7 @@ class NodeAgent:
         run.remove()  # a finished VM's leftovers
         vm = VirtualMachine(obj, spec, run, self.ctx)
         self.vms[spec.key] = vm
-        await vm.create()
+        await vm.create(incoming=incoming)
         return vm
 
     def get(self, namespace: str, name: str) -> VirtualMachine:

@@ -40,6 +40,7 @@ from virtnode.errors import (
     VmNotFoundError,
     VmStateError,
 )
+from virtnode.migration import MIGRATION_ACTIONS, prepare_target
 from virtnode.vm import VirtualMachine
 from virtnode.volumeops import VOLUME_ACTIONS
 
@@ -82,6 +83,7 @@ ACTIONS: dict[str, Action] = {
     "softreboot": _softreboot,
     "stop": _stop,
     **VOLUME_ACTIONS,
+    **MIGRATION_ACTIONS,
 }
 
 
@@ -166,6 +168,10 @@ async def list_vmis(request: web.Request) -> web.Response:
 async def create_vmi(request: web.Request) -> web.Response:
     vm = await _agent(request).create(await _json_body(request))
     return web.json_response(vm.to_object(), status=201)
+
+
+async def migration_target(request: web.Request) -> web.Response:
+    return web.json_response(await prepare_target(_agent(request), await _json_body(request)))
 
 
 async def get_vmi(request: web.Request) -> web.Response:
@@ -269,4 +275,5 @@ def create_app(agent: NodeAgent, *, owns_agent: bool = True) -> web.Application:
     app.router.add_get(base + "/console", console)
     app.router.add_put(base + "/{action}", vmi_action)
     app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/migrations/targets", migration_target)
     return app

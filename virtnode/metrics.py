@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 PHASES = ("Pending", "Scheduled", "Running", "Succeeded", "Failed")
@@ -42,6 +43,17 @@ class AgentMetrics:
 
     def observe_qmp(self, command: str, seconds: float) -> None:
         self.qmp_latency.setdefault(command, Histogram()).observe(seconds)
+
+    def record_migration(self, result: str, stats: Mapping[str, Any]) -> None:
+        self.migrations[result] += 1
+        for key, name in (
+            ("totalTimeMs", "total_time_ms"),
+            ("downtimeMs", "downtime_ms"),
+            ("transferredBytes", "transferred_bytes"),
+        ):
+            value = stats.get(key)
+            if isinstance(value, int | float):
+                self.last_migration[name] = float(value)
 
     def render(self, phases: Iterable[str]) -> str:
         counts = Counter(phases)

@@ -57,6 +57,8 @@ class AgentSettings:
     migration_max_bandwidth: int = 8 * 2**30
     migration_downtime_limit_ms: int = 300
     migration_timeout: float = 300.0
+    #: Address this node's migration targets listen on (incoming migration, NBD).
+    migration_address: str = "127.0.0.1"
 
     @property
     def run_dir(self) -> Path:

@@ -69,6 +69,8 @@ class NodeContext:
     publish: Publish
     observe_qmp: LatencyObserver
     containerdisks: ContainerDiskSource | None = None
+    #: Called with ("succeeded"|"failed", stats) after each outgoing migration.
+    record_migration: Callable[[str, Mapping[str, Any]], None] = lambda result, stats: None
 
 
 class VirtualMachine:
@@ -97,6 +99,7 @@ class VirtualMachine:
         self._shutdown_seen = asyncio.Event()
         self._stop_requested = False
         self._soft_reboot = False
+        self._incoming = False
         self._accel = ctx.accel
         self.event_waiters: list[Callable[[QmpEvent], None]] = []
 
@@ -177,12 +180,19 @@ class VirtualMachine:
 
     # ----- create / adopt -----------------------------------------------------------
 
-    async def create(self) -> None:
-        """Prepare disks, start QEMU paused, connect, ``cont``. On failure: Failed, cleaned."""
+    async def create(self, *, incoming: bool = False) -> None:
+        """Prepare disks, start QEMU paused, connect, ``cont``. On failure: Failed, cleaned.
+
+        ``incoming``: start as a migration target (``-incoming defer``) and stay
+        ``Scheduled`` until :meth:`finish_incoming`.
+        """
+        self._incoming = incoming
         self.run.create()
         self.run.write_json(self.run.vmi_file, self.obj)
         try:
             await self._launch()
+            if incoming:
+                return
             await self._execute("cont")
         except BaseException as exc:
             await self._abort_start(exc)
@@ -202,7 +212,7 @@ class VirtualMachine:
             accel_args=self._accel.qemu_args,
             emulator=ctx.settings.emulator,
             hotplug_ports=ctx.settings.hotplug_ports,
-            incoming=bool(self.extra.get("incoming")),
+            incoming=self._incoming,
         )
         argv = build_argv(spec, attached, run.launch_paths, options)
         self.identity = await launch(
@@ -403,6 +413,15 @@ class VirtualMachine:
             raise VmStateError(f"VM {self.key} has no QEMU monitor (phase {self.phase.value})")
         return await self.qmp.execute(command, args)
 
+    async def finish_incoming(self) -> None:
+        """The migration into this VM is complete: run the guest here."""
+        if not self._incoming or self.phase is not Phase.SCHEDULED:
+            raise VmStateError(f"VM {self.key} is not waiting for an incoming migration")
+        await self._execute("cont")
+        self._incoming = False
+        self.paused = False
+        self._set_phase(Phase.RUNNING)
+
     async def wait_finished(self, limit: float) -> None:
         """Wait until QEMU is gone and the final phase is set (``TimeoutError`` after ``limit``)."""
         async with asyncio.timeout(limit):
@@ -419,6 +438,28 @@ class VirtualMachine:
         start: Callable[[], Awaitable[Any]],
     ) -> QmpEvent:
         """Run ``start`` and wait for the first QMP event matching ``predicate`` after it."""
+        event = await self._await_event(predicate, limit, start, None)
+        assert event is not None
+        return event
+
+    async def wait_until(
+        self,
+        predicate: Callable[[QmpEvent], bool],
+        limit: float,
+        check: Callable[[], Awaitable[Any]],
+        reached: Callable[[Any], bool],
+    ) -> None:
+        """Wait for an event matching ``predicate`` unless ``reached(await check())`` says
+        the state was reached already (the waiter is registered before the check)."""
+        await self._await_event(predicate, limit, check, reached)
+
+    async def _await_event(
+        self,
+        predicate: Callable[[QmpEvent], bool],
+        limit: float,
+        start: Callable[[], Awaitable[Any]],
+        already: Callable[[Any], bool] | None,
+    ) -> QmpEvent | None:
         loop = asyncio.get_running_loop()
         seen: asyncio.Future[QmpEvent] = loop.create_future()
 
@@ -428,7 +469,9 @@ class VirtualMachine:
 
         self.event_waiters.append(waiter)
         try:
-            await start()
+            result = await start()
+            if already is not None and already(result):
+                return None
             async with asyncio.timeout(limit):
                 return await seen
         finally:

@@ -23,6 +23,7 @@ from tests.support.process import free_port, http_answers, start_server, stop_se
 class AgentProcess:
     data_dir: Path
     accel: str
+    volume_dir: Path | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -33,6 +34,8 @@ class AgentProcess:
     async def start(self) -> None:
         argv = [sys.executable, "-m", "controllers.cli", "--data-dir", str(self.data_dir)]
         argv += ["node", "serve", "--listen", f"127.0.0.1:{self.port}", "--node-name", "test"]
+        if self.volume_dir is not None:
+            argv += ["--volume-dir", str(self.volume_dir)]
         env = {**os.environ, "DISKPLANE_ACCEL": self.accel}
         log = self.data_dir / "agent.log"
         self.process = await asyncio.to_thread(

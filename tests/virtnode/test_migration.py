@@ -1,0 +1,107 @@
+"""Live migration between node agents (real processes, one guest boot).
+
+A -> B share the volume pool (plain live migration); B -> C do not (block migration:
+NBD export on C + blockdev-mirror from B, then migrate). The guest's tick counter
+continues on each target without a reboot, and C's copy of the volume is identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.virtnode.agentproc import AgentProcess, api, console_until
+from tests.virtnode.conftest import make_volume, vmi_object
+from virtnode import AccelInfo, AgentSettings
+from virtnode.tinyguest import TinyGuest
+
+pytestmark = pytest.mark.guest
+
+MiB = 2**20
+
+
+def vm_url(agent: AgentProcess) -> str:
+    return f"{agent.url}/v1/namespaces/default/vmis/mig"
+
+
+async def test_live_then_block_migration(
+    data_dir: Path, accel_info: AccelInfo, tiny_guest: TinyGuest
+) -> None:
+    shared = data_dir / "shared-pool"
+    dirs = [data_dir / n for n in ("a", "b", "c")]
+    for d in dirs:
+        d.mkdir(mode=0o711)
+    a = AgentProcess(dirs[0], accel_info.accel, volume_dir=shared)
+    b = AgentProcess(dirs[1], accel_info.accel, volume_dir=shared)
+    c = AgentProcess(dirs[2], accel_info.accel)
+    source_volume = make_volume(
+        AgentSettings(data_dir=data_dir, volume_dir=shared), "pvc-m", 16 * MiB
+    )
+    pids: list[int] = []
+    try:
+        for agent in (a, b, c):
+            await agent.start()
+        async with aiohttp.ClientSession() as session:
+            obj = vmi_object(
+                "mig",
+                tiny_guest,
+                volumes=[{"name": "root", "persistentVolumeClaim": {"claimName": "pvc-m"}}],
+            )
+            created = await api(session, "POST", a.url + "/v1/vmis", obj, 201)
+            pids.append(created["status"]["qemu"]["pid"])
+            match = await console_until(
+                session, vm_url(a) + "/console", r"tick (\d+) disks=vda\r?\n"
+            )
+            before = int(match.group(1))
+
+            # Shared storage: plain live migration A -> B.
+            done = await api(session, "PUT", vm_url(a) + "/migrate", {"targetAgent": b.url})
+            stats = done["result"]
+            assert stats["transferredBytes"] > 0
+            assert stats["totalTimeMs"] > 0
+            assert stats["downtimeMs"] is not None
+            assert stats["mirroredDisks"] == []
+            source = await api(session, "GET", vm_url(a))
+            assert source["status"]["phase"] == "Succeeded"
+            assert source["status"]["reason"] == "Migrated"
+            target = await api(session, "GET", vm_url(b))
+            assert target["status"]["phase"] == "Running"
+            pids.append(target["status"]["qemu"]["pid"])
+            text = (
+                await console_until(session, vm_url(b) + "/console", rf"tick {before + 2} ")
+            ).string
+            assert "BOOTED" not in text  # the same guest continues, no reboot
+            first = int(re.search(r"tick (\d+) ", text).group(1))  # type: ignore[union-attr]
+            assert first > before
+
+            # No shared storage: block migration B -> C.
+            done = await api(
+                session,
+                "PUT",
+                vm_url(b) + "/migrate",
+                {"targetAgent": c.url, "blockMigration": True},
+            )
+            assert done["result"]["mirroredDisks"] == ["root"]
+            on_c = await api(session, "GET", vm_url(c))
+            assert on_c["status"]["phase"] == "Running"
+            pids.append(on_c["status"]["qemu"]["pid"])
+            await console_until(session, vm_url(c) + "/console", rf"tick {first + 4} ")
+            stopped = await api(session, "PUT", vm_url(c) + "/stop", {})
+            assert stopped["vmi"]["status"]["phase"] == "Succeeded"
+            copy = dirs[2] / "volumes" / "default" / "pvc-m" / "disk.img"
+            assert copy.read_bytes() == source_volume.read_bytes()
+            assert copy.read_bytes().startswith(b"DISKPLANE-MARKER count=1")
+            metrics = await (await session.get(a.url + "/metrics")).text()
+            assert 'diskplane_migrations_total{result="succeeded"} 1' in metrics
+    finally:
+        for agent in (a, b, c):
+            await agent.stop()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,321 @@
+"""Live migration between two node agents.
+
+Source agent (``PUT .../{name}/migrate``, body ``{"targetAgent": URL,
+"blockMigration": bool, "maxBandwidth": bytes/s, "downtimeLimitMs": ms}``):
+
+1. asks the target agent to prepare (``POST /v1/migrations/targets``): the target
+   starts QEMU with the same VMI under ``-incoming defer``, creates empty volumes for
+   disks it will receive, exports them over NBD and answers with the migration URI;
+2. mirrors disks the target cannot see (``blockdev-add`` nbd node +
+   ``blockdev-mirror`` in write-blocking mode) until they are in sync: every disk in
+   block mode, only ephemeral writable ones (emptyDisk) with shared storage;
+3. ``migrate`` with the bandwidth/downtime settings, waits for the ``MIGRATION``
+   event, reads ``query-migrate`` (total time, downtime, bytes);
+4. ends the mirrors (``block-job-cancel`` on a ready job flushes and keeps the copy)
+   and tells the target to finish (``PUT .../{name}/finishmigration``: NBD export
+   stopped, ``cont``), then quits its own QEMU (phase ``Succeeded``, reason ``Migrated``).
+
+On failure the source cancels, removes what it added, deletes the target's VMI and
+keeps running. The design only needs both agents to reach each other's API and the
+target's migration/NBD ports, so it works across hosts (``address`` setting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from virtnode.blockdev import AttachedDisk
+from virtnode.disks import volume_path
+from virtnode.errors import MigrationError, QmpError, SpecError, VirtnodeError, VmStateError
+from virtnode.qmp import QmpEvent
+from virtnode.spec import parse_vmi
+from virtnode.vm import Phase, VirtualMachine
+
+if TYPE_CHECKING:
+    from virtnode.agent import NodeAgent
+
+#: How long one call to the other agent's API may take (seconds); migration itself
+#: is bounded by ``AgentSettings.migration_timeout``.
+AGENT_CALL_TIMEOUT = 60.0
+SHARED_KINDS = ("persistentVolumeClaim", "dataVolume")
+
+
+def disks_to_copy(vm: VirtualMachine, block: bool) -> list[AttachedDisk]:
+    out = []
+    for name, attached in vm.disks.items():
+        if attached.readonly:
+            continue  # cloud-init ISOs are rebuilt identically on the target
+        kind = vm.spec.volume(name).kind if name not in vm.hotplugged else "persistentVolumeClaim"
+        if kind == "containerDisk":
+            raise MigrationError(f"VM {vm.key}: containerDisk volumes cannot be migrated yet")
+        if block or kind not in SHARED_KINDS:
+            out.append(attached)
+    return out
+
+
+def _nbd_node(attached: AttachedDisk) -> str:
+    return "mig" + hashlib.sha256(attached.disk.name.encode()).hexdigest()[:16]
+
+
+async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
+    vm.require_running("migrate")
+    target = body.get("targetAgent")
+    if not isinstance(target, str) or not target.startswith(("http://", "https://")):
+        raise SpecError("migrate needs targetAgent, the target node agent's URL")
+    block = bool(body.get("blockMigration", False))
+    settings = vm.settings
+    copy = disks_to_copy(vm, block)
+    obj = {k: v for k, v in vm.obj.items() if k != "status"}
+    request = {
+        "vmi": obj,
+        "receive": {a.disk.name: a.path.stat().st_size for a in copy if a.format == "raw"},
+        "receiveDisks": [a.disk.name for a in copy],
+        "blockMigration": block,
+    }
+    async with (
+        vm.lock,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=AGENT_CALL_TIMEOUT)) as http,
+    ):
+        vm.extra["migrationState"] = {"role": "source", "targetAgent": target, "mode": _mode(block)}
+        vm.extra["migrating"] = True
+        try:
+            prepared = await _call(http, "POST", f"{target}/v1/migrations/targets", request)
+            try:
+                stats = await _run(vm, prepared, copy, body)
+                await _call(http, "PUT", _target_vm_url(target, vm) + "/finishmigration", {})
+            except BaseException:
+                with contextlib.suppress(MigrationError, aiohttp.ClientError):
+                    await _call(
+                        http, "DELETE", _target_vm_url(target, vm) + "?gracePeriodSeconds=0"
+                    )
+                raise
+        except BaseException:
+            vm.extra.pop("migrating", None)
+            vm.extra["migrationState"] = {**vm.extra["migrationState"], "failed": True}
+            vm.ctx.record_migration("failed", {})
+            raise
+    vm.extra.pop("migrating", None)
+    vm.extra["migrationState"] = {**vm.extra["migrationState"], **stats, "completed": True}
+    vm.ctx.record_migration("succeeded", stats)
+    with contextlib.suppress(QmpError):
+        await vm.execute("quit")
+    await vm.wait_finished(settings.quit_timeout)
+    return stats
+
+
+def _mode(block: bool) -> str:
+    return "BlockMigration" if block else "LiveMigration"
+
+
+def _target_vm_url(target: str, vm: VirtualMachine) -> str:
+    return f"{target}/v1/namespaces/{vm.spec.namespace}/vmis/{vm.spec.name}"
+
+
+async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+    try:
+        async with http.request(method, url, json=body) as resp:
+            data = await resp.json()
+            if resp.status >= 300:
+                raise MigrationError(f"target agent refused {method} {url}: {data.get('message')}")
+            return data
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise MigrationError(f"target agent {url} did not answer: {exc}") from exc
+
+
+async def _run(
+    vm: VirtualMachine, prepared: dict[str, Any], copy: list[AttachedDisk], body: dict[str, Any]
+) -> dict[str, Any]:
+    settings = vm.settings
+    jobs = []
+    try:
+        for attached in copy:
+            jobs.append(await _start_mirror(vm, attached, prepared["nbd"]))
+        bandwidth = int(body.get("maxBandwidth", settings.migration_max_bandwidth))
+        downtime = int(body.get("downtimeLimitMs", settings.migration_downtime_limit_ms))
+        caps = [{"capability": "events", "state": True}]
+        await vm.execute("migrate-set-capabilities", {"capabilities": caps})
+        params = {"max-bandwidth": bandwidth, "downtime-limit": downtime}
+        await vm.execute("migrate-set-parameters", params)
+        started = time.monotonic()
+
+        def finished(event: QmpEvent) -> bool:
+            return event.name == "MIGRATION" and event.data.get("status") in (
+                "completed",
+                "failed",
+                "cancelled",
+            )
+
+        try:
+            event = await vm.wait_event(
+                finished,
+                settings.migration_timeout,
+                lambda: vm.execute("migrate", {"uri": prepared["migrationUri"]}),
+            )
+        except TimeoutError as exc:
+            with contextlib.suppress(QmpError):
+                await vm.execute("migrate_cancel")
+            raise MigrationError(
+                f"migration of VM {vm.key} did not finish in {settings.migration_timeout:g} s"
+            ) from exc
+        wall = time.monotonic() - started
+        info = await vm.execute("query-migrate")
+        if event.data.get("status") != "completed":
+            raise MigrationError(
+                f"migration of VM {vm.key} ended {event.data.get('status')}: "
+                f"{info.get('error-desc', 'no detail')}"
+            )
+        for job in jobs:
+            await _end_mirror(vm, job)
+        jobs.clear()
+    finally:
+        for job in jobs:
+            with contextlib.suppress(VirtnodeError):
+                await vm.execute("block-job-cancel", {"device": job[0], "force": True})
+    ram = info.get("ram", {})
+    return {
+        "totalTimeMs": info.get("total-time") or round(wall * 1000),
+        "downtimeMs": info.get("downtime"),
+        "setupTimeMs": info.get("setup-time"),
+        "transferredBytes": ram.get("transferred"),
+        "ramTotalBytes": ram.get("total"),
+        "mirroredDisks": [a.disk.name for a in copy],
+        "bandwidthLimit": bandwidth,
+        "downtimeLimitMs": downtime,
+    }
+
+
+async def _start_mirror(
+    vm: VirtualMachine, attached: AttachedDisk, nbd: dict[str, Any]
+) -> tuple[str, str]:
+    node = _nbd_node(attached)
+    server = {"type": "inet", "host": str(nbd["host"]), "port": str(nbd["port"])}
+    await vm.execute(
+        "blockdev-add",
+        {"driver": "nbd", "node-name": node, "server": server, "export": attached.disk.name},
+    )
+    job = "mig-" + attached.node_name
+    source = vm.snapshots.get(attached.disk.name, {}).get("node", attached.node_name)
+
+    def ready(event: QmpEvent) -> bool:
+        return event.name == "BLOCK_JOB_READY" and event.data.get("device") == job
+
+    args = {"job-id": job, "device": source, "target": node, "sync": "full"}
+    try:
+        await vm.wait_event(
+            ready,
+            vm.settings.block_job_timeout,
+            lambda: vm.execute("blockdev-mirror", {**args, "copy-mode": "write-blocking"}),
+        )
+    except TimeoutError as exc:
+        raise MigrationError(f"disk {attached.disk.name!r} of VM {vm.key} never synced") from exc
+    return job, node
+
+
+async def _end_mirror(vm: VirtualMachine, job: tuple[str, str]) -> None:
+    job_id, node = job
+
+    def gone(event: QmpEvent) -> bool:
+        return event.name in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED") and (
+            event.data.get("device") == job_id
+        )
+
+    await vm.wait_event(
+        gone,
+        vm.settings.block_job_timeout,
+        lambda: vm.execute("block-job-cancel", {"device": job_id}),
+    )
+    await vm.execute("blockdev-del", {"node-name": node})
+
+
+async def finish_migration(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
+    """Target side: stop the NBD export and run the guest."""
+    if vm.phase is not Phase.SCHEDULED:
+        raise VmStateError(f"VM {vm.key} is {vm.phase.value}, not a migration target")
+    ends = ("completed", "failed", "cancelled")
+
+    def ended(event: QmpEvent) -> bool:
+        return event.name == "MIGRATION" and event.data.get("status") in ends
+
+    try:
+        await vm.wait_until(
+            ended,
+            AGENT_CALL_TIMEOUT / 2,
+            lambda: vm.execute("query-migrate"),
+            lambda info: info.get("status") in ends,
+        )
+    except TimeoutError as exc:
+        raise MigrationError(f"incoming migration of VM {vm.key} did not end") from exc
+    info = await vm.execute("query-migrate")
+    if info.get("status") != "completed":
+        raise MigrationError(f"incoming migration of VM {vm.key} is {info.get('status')}")
+    if vm.extra.get("migrationState", {}).get("nbd"):
+        await vm.execute("nbd-server-stop")
+    started = time.monotonic()
+    await vm.finish_incoming()
+    vm.extra["migrationState"] = {**vm.extra.get("migrationState", {}), "completed": True}
+    return {"resumeMs": round((time.monotonic() - started) * 1000, 1)}
+
+
+MIGRATION_ACTIONS = {"migrate": migrate, "finishmigration": finish_migration}
+
+
+async def prepare_target(agent: NodeAgent, request: dict[str, Any]) -> dict[str, Any]:
+    """Target side: start the VMI as ``-incoming defer``, export disks to receive over NBD."""
+    obj = request.get("vmi")
+    if not isinstance(obj, dict):
+        raise SpecError("a migration target request needs the VMI object")
+    spec = parse_vmi(obj)
+    receive = [str(n) for n in request.get("receiveDisks", [])]
+    sizes: dict[str, int] = request.get("receive", {})
+    for name in receive:
+        volume = spec.volume(name)
+        if volume.kind in SHARED_KINDS:
+            _create_volume(
+                volume_path(agent.settings.volumes, spec.namespace, volume.claim_name),
+                int(sizes[name]),
+            )
+    vm = await agent.create(obj, incoming=True)
+    try:
+        return await _listen(vm, receive)
+    except BaseException:
+        await agent.delete(spec.namespace, spec.name, 0)
+        raise
+
+
+def _create_volume(path: Path, size: int) -> None:
+    if path.exists():
+        raise MigrationError(f"block migration target volume {path} exists already; remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("xb") as fh:
+        fh.truncate(size)
+
+
+async def _listen(vm: VirtualMachine, receive: list[str]) -> dict[str, Any]:
+    address = vm.settings.migration_address
+    caps = [{"capability": "events", "state": True}]
+    await vm.execute("migrate-set-capabilities", {"capabilities": caps})
+    port = _free_port(address)
+    await vm.execute("migrate-incoming", {"uri": f"tcp:{address}:{port}"})
+    nbd = None
+    if receive:
+        nbd = {"host": address, "port": _free_port(address)}
+        addr = {"type": "inet", "data": {"host": address, "port": str(nbd["port"])}}
+        await vm.execute("nbd-server-start", {"addr": addr})
+        for name in receive:
+            export = {"type": "nbd", "id": f"exp-{name}", "name": name, "writable": True}
+            await vm.execute("block-export-add", {**export, "node-name": vm.disks[name].node_name})
+    vm.extra["migrationState"] = {"role": "target", "nbd": nbd is not None}
+    return {"migrationUri": f"tcp:{address}:{port}", "nbd": nbd}
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
