@@ -19,6 +19,7 @@ pytest_plugins: list[str] = [
     "tests.support.registry",
     "tests.support.faultproxy",
     "tests.support.guest",
+    "tests.support.kube",
 ]
 
 
