@@ -1,0 +1,1 @@
+"""Disk formats: magic-byte detection, stream decompression, the native qcow2 reader."""

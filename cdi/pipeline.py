@@ -1,0 +1,476 @@
+"""``run_import``: probe, safety, transfer, decode, write, finish — for one volume.
+
+Routes by what the probe finds:
+
+- raw/iso from a range-capable source of known size: concurrent ranges, resumable;
+- qcow2 from a range-capable source: the native reader, resumable;
+- anything else that streams (no Range, compressed, registry): the sequential
+  decode chain into the volume (raw inside) or into a scratch copy;
+- scratch copies (vmdk, vdi, vhd, vhdx, qcow2 behind a stream) then go through
+  the native qcow2 reader or ``qemu-img convert``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdi import safety
+from cdi.checksum import StreamHasher
+from cdi.convert import qemu_img_convert
+from cdi.decode import DecodeChain, OffsetWriter
+from cdi.errors import (
+    FinalImportError,
+    ImageTooLarge,
+    InvalidImage,
+    VolumeBusy,
+    VolumeExists,
+)
+from cdi.formats import qcow2
+from cdi.formats.detect import Format, detect_compression, detect_format
+from cdi.journal import Journal
+from cdi.progress import ProgressCallback, ProgressTracker
+from cdi.request import ImportRequest
+from cdi.settings import ImportSettings
+from cdi.sources.base import Source, SourceInfo, read_range, with_retries
+from cdi.sources.factory import open_source
+from cdi.sources.file import FileSource
+from cdi.transfer import LocalReader, RangedTransfer, RangeHandler, SequentialTransfer, split
+from cdi.volumes import Volume, VolumePool
+from cdi.writer import RawWriter, human
+
+SCRATCH = "scratch.img"
+PROBE = "probe.img"
+_NATIVE = ("raw", "iso", "qcow2")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    volume: Volume
+    format: str
+    virtual_size: int
+    source_bytes: int
+    bytes_written: int
+    checksum: str | None
+    resumed: bool
+    seconds: float
+
+
+async def run_import(
+    pool: VolumePool,
+    request: ImportRequest,
+    *,
+    on_progress: ProgressCallback | None = None,
+    settings: ImportSettings | None = None,
+) -> ImportResult:
+    """Import ``request.source`` into its volume (created if missing); see docs/cdi.md."""
+    settings = settings or ImportSettings()
+    volume = pool.create(request.namespace, request.name, request.size)
+    if volume.state() == "Ready" and not volume.is_block():
+        raise VolumeExists(f"volume {volume.key} already holds an imported disk")
+    with _volume_lock(volume):
+        job = ImportJob(
+            volume, request, settings, ProgressTracker(on_progress, settings.progress_interval)
+        )
+        return await job.run()
+
+
+@contextmanager
+def _volume_lock(volume: Volume) -> Iterator[None]:
+    fd = os.open(volume.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VolumeBusy(f"volume {volume.key} is already being imported") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class ImportJob:
+    """One import into one volume; owns the source, the thread pool and the writer."""
+
+    def __init__(
+        self,
+        volume: Volume,
+        request: ImportRequest,
+        settings: ImportSettings,
+        tracker: ProgressTracker,
+    ) -> None:
+        self.volume = volume
+        self.request = request
+        self.settings = settings
+        self.tracker = tracker
+        spec = request.source
+        self.hasher = StreamHasher(spec.checksum) if spec.checksum else None
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(1, settings.decode_threads), thread_name_prefix="cdi-decode"
+        )
+        self.writer: RawWriter | None = None
+        self.format: str = "raw"
+        self.virtual_size = 0
+        self.resumed = False
+        self.source_bytes = 0
+        self.what = ""
+
+    async def run(self) -> ImportResult:
+        started = time.monotonic()
+        source = open_source(self.request.source, self.settings)
+        self.what = source.description
+        try:
+            self.volume.workdir.mkdir(exist_ok=True)
+            if self.volume.is_block():
+                self.volume.mark_ready(False)
+            await self._import(source)
+            await self._finish()
+        except FinalImportError:
+            self._discard()
+            raise
+        finally:
+            await source.aclose()
+            self._close_writer()
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            shutil.rmtree(self.volume.workdir, ignore_errors=True)
+        checksum = str(self.hasher.actual()) if self.hasher else None
+        written = self.tracker.snapshot.bytes_written
+        return ImportResult(
+            self.volume,
+            self.format,
+            self.virtual_size,
+            self.source_bytes,
+            written,
+            checksum,
+            self.resumed,
+            time.monotonic() - started,
+        )
+
+    # Routing ------------------------------------------------------------------
+    async def _import(self, source: Source) -> None:
+        self.tracker.phase("probe")
+        info = await source.probe()
+        self.source_bytes = info.size or 0
+        if self.request.source.kind == "blank":
+            self.tracker.phase("transfer")
+            return None
+        if detect_compression(info.head) is None:
+            fmt = detect_format(info.head)
+            self.format = "raw" if fmt == "iso" else fmt
+            await self._check_header(fmt, info)
+            if info.supports_ranges and info.size is not None:
+                if fmt in ("raw", "iso"):
+                    return await self._ranged_raw(source, info)
+                if fmt == "qcow2":
+                    return await self._ranged_qcow2(source, info, hashing=True)
+                return await self._ranged_scratch(source, info, fmt)
+        await self._sequential(source, info)
+
+    async def _check_header(self, fmt: Format, info: SourceInfo) -> None:
+        """qemu-img info on the head (sparse-extended to the real size) before any transfer."""
+        probe = self.volume.workdir / PROBE
+        size = info.size if info.size is not None else len(info.head)
+        await asyncio.to_thread(_write_probe, probe, info.head, size)
+        usable = self.volume.usable_size
+        try:
+            image = await safety.inspect(
+                probe, fmt, usable, self.settings, self.what, head=info.head
+            )
+        except InvalidImage:
+            if fmt in _NATIVE:
+                raise
+            return  # vhdx & co. keep metadata past the head; judged again on the scratch copy
+        finally:
+            probe.unlink(missing_ok=True)
+        self.virtual_size = image.virtual_size
+        if fmt in ("raw", "iso"):
+            self.virtual_size = size
+            safety.check_size(size, usable, self.what)
+
+    # Ranged routes ---------------------------------------------------------------
+    def _open_disk(self, *, resuming: bool) -> RawWriter:
+        vol = self.volume
+        if not resuming and not vol.is_block():
+            vol.partial_path.unlink(missing_ok=True)
+        writer = RawWriter(
+            vol.partial_path,
+            vol.usable_size,
+            fresh=True,
+            block_device=vol.is_block(),
+            what=self.what,
+        )
+        if vol.is_block() and not resuming:
+            writer.zero_all(vol.usable_size)
+        self.writer = writer
+        return writer
+
+    def _journal(self, info: SourceInfo, plan: str) -> tuple[Journal | None, bool]:
+        """The journal for this plan; a matching old one means we resume."""
+        if info.validator is None:
+            return None, False
+        identity: dict[str, object] = {
+            "source": self.what,
+            "size": info.size,
+            "validator": info.validator,
+            "plan": plan,
+            "volume_usable": self.volume.usable_size,
+        }
+        old = Journal.load(self.volume.journal_path, identity)
+        if old is not None and (self.volume.is_block() or self.volume.partial_path.exists()):
+            self.resumed = True
+            return old, True
+        self.volume.journal_path.unlink(missing_ok=True)
+        return Journal(self.volume.journal_path, identity), False
+
+    async def _ranged_raw(self, source: Source, info: SourceInfo) -> None:
+        assert info.size is not None
+        journal, resuming = self._journal(info, "raw")
+        writer = self._open_disk(resuming=resuming)
+        ranges = split(info.size, self.settings.chunk_size)
+
+        def local(start: int, end: int) -> bytes:
+            return os.pread(writer.fd, end - start, start).ljust(end - start, b"\x00")
+
+        await self._run_ranged(source, ranges, writer.write, journal, writer, local, self.hasher)
+
+    async def _run_ranged(
+        self,
+        source: Source,
+        ranges: list[tuple[int, int]],
+        handler: RangeHandler,
+        journal: Journal | None,
+        writer: RawWriter,
+        local: LocalReader | None,
+        hasher: StreamHasher | None,
+    ) -> None:
+        total = sum(e - s for s, e in ranges)
+        done = journal.done_bytes() if journal else 0
+        self.tracker.set_total(total, already_read=min(done, total))
+        self.tracker.phase("transfer")
+        await RangedTransfer(
+            source,
+            ranges,
+            handler,
+            settings=self.settings,
+            tracker=self.tracker,
+            executor=self.executor,
+            journal=journal,
+            datasync=writer.datasync,
+            hasher=hasher,
+            local_reader=local,
+        ).run()
+
+    async def _ranged_qcow2(self, source: Source, info: SourceInfo, *, hashing: bool) -> None:
+        assert info.size is not None
+        header = qcow2.parse_header(info.head, self.what)
+        safety.check_size(header.virtual_size, self.volume.usable_size, self.what)
+        self.virtual_size, self.format = header.virtual_size, "qcow2"
+
+        async def read(start: int, end: int) -> bytes:
+            return await with_retries(self.settings, lambda: read_range(source, start, end))
+
+        clusters = await qcow2.read_map(header, info.size, read, self.what)
+        hasher = self.hasher if hashing else None
+        ranges = qcow2.plan_ranges(
+            clusters, info.size, self.settings.chunk_size, hasher is not None
+        )
+        journal, resuming = (None, False) if hasher else self._journal(info, "qcow2")
+        writer = self._open_disk(resuming=resuming)
+
+        def handle(start: int, data: bytearray) -> int:
+            written = 0
+            for c in qcow2.clusters_in(clusters, start, start + len(data)):
+                raw = bytes(data[c.host_offset - start : c.host_offset - start + c.length])
+                written += writer.write(
+                    c.guest_offset, qcow2.cluster_bytes(header, c, raw, self.what)
+                )
+            return written
+
+        await self._run_ranged(source, ranges, handle, journal, writer, None, hasher)
+
+    async def _ranged_scratch(self, source: Source, info: SourceInfo, fmt: Format) -> None:
+        """vmdk/vdi/vhd/vhdx over ranges: a sparse, resumable scratch copy, then convert."""
+        assert info.size is not None
+        scratch = self._scratch_limit_check(info.size)
+        writer = RawWriter(
+            scratch, self.volume.capacity, fresh=True, block_device=False, what=self.what
+        )
+        try:
+            ranges = split(info.size, self.settings.chunk_size)
+            self.tracker.set_total(info.size)
+            self.tracker.phase("transfer")
+            await RangedTransfer(
+                source,
+                ranges,
+                writer.write,
+                settings=self.settings,
+                tracker=self.tracker,
+                executor=self.executor,
+                journal=None,
+                datasync=writer.datasync,
+                hasher=self.hasher,
+            ).run()
+            writer.resize(info.size)
+        finally:
+            writer.close()
+        await self._from_scratch(scratch, fmt, info.head)
+
+    def _scratch_writer(self, scratch: Path) -> RawWriter:
+        """Scratch copies live in the volume and may use at most its capacity."""
+        return RawWriter(
+            scratch, self.volume.capacity, fresh=True, block_device=False, what=self.what
+        )
+
+    def _scratch_limit_check(self, size: int) -> Path:
+        if size > self.volume.capacity:
+            raise ImageTooLarge(
+                f"{self.what} needs a scratch copy of {human(size)}, more than the volume's "
+                f"capacity of {human(self.volume.capacity)}; request a larger volume"
+            )
+        return self.volume.workdir / SCRATCH
+
+    # Sequential route --------------------------------------------------------------
+    async def _sequential(self, source: Source, info: SourceInfo) -> None:
+        self.tracker.set_total(info.size)
+        self.tracker.phase("transfer")
+        state: dict[str, DecodeChain] = {}
+
+        def new_chain() -> None:
+            old = state.get("chain")
+            if old is not None and old.target is not None:
+                old.target.writer.close()
+            self._close_writer()
+            state["chain"] = DecodeChain(self.what, self._stream_target)
+
+        new_chain()
+        await SequentialTransfer(
+            source,
+            info.size,
+            info.supports_ranges,
+            lambda d: state["chain"].feed(d),
+            new_chain,
+            settings=self.settings,
+            tracker=self.tracker,
+            executor=self.executor,
+            hasher=self.hasher,
+        ).run()
+        chain = state["chain"]
+        self.tracker.add(written=await asyncio.to_thread(chain.finish))
+        fmt = chain.inner_format or "raw"
+        self.format = "raw" if fmt == "iso" else fmt
+        if fmt in ("raw", "iso"):
+            self.virtual_size = chain.target.offset if chain.target else 0
+            return
+        assert chain.target is not None
+        chain.target.writer.close()
+        await self._from_scratch(self.volume.workdir / SCRATCH, fmt, chain.inner_head)
+
+    def _stream_target(self, fmt: Format, head: bytes) -> OffsetWriter:
+        if fmt in ("raw", "iso"):
+            return OffsetWriter(self._open_disk(resuming=False))
+        scratch = self.volume.workdir / SCRATCH
+        scratch.unlink(missing_ok=True)
+        writer = RawWriter(
+            scratch, self.volume.capacity, fresh=True, block_device=False, what=self.what
+        )
+        return OffsetWriter(writer)
+
+    # Scratch second stage ------------------------------------------------------------
+    async def _from_scratch(self, scratch: Path, fmt: Format, head: bytes) -> None:
+        self.tracker.phase("convert")
+        image = await safety.inspect(
+            scratch, fmt, self.volume.usable_size, self.settings, self.what, head=head
+        )
+        self.virtual_size, self.format = image.virtual_size, fmt
+        if fmt == "qcow2":
+            local = FileSource(scratch)
+            info = await local.probe()
+            tracker = self.tracker
+            self.tracker = ProgressTracker(None, self.settings.progress_interval)
+            try:
+                await self._ranged_qcow2(local, info, hashing=False)
+            finally:
+                tracker.add(written=self.tracker.snapshot.bytes_written)
+                self.tracker = tracker
+            return
+        self._close_writer()
+        if not self.volume.is_block():
+            self.volume.partial_path.unlink(missing_ok=True)
+        await qemu_img_convert(
+            scratch,
+            fmt,
+            self.volume.partial_path,
+            block_device=self.volume.is_block(),
+            settings=self.settings,
+            what=self.what,
+        )
+        self.writer = RawWriter(
+            self.volume.partial_path,
+            self.volume.usable_size,
+            fresh=False,
+            block_device=self.volume.is_block(),
+            what=self.what,
+        )
+        await asyncio.to_thread(scratch.unlink, missing_ok=True)
+
+    # Finish ------------------------------------------------------------------------
+    async def _finish(self) -> None:
+        if self.writer is None:  # blank or empty source
+            self._open_disk(resuming=False)
+        writer = self.writer
+        assert writer is not None
+        self.tracker.phase("resize")
+        size = os.fstat(writer.fd).st_size
+        if not self.volume.is_block() and size > self.volume.usable_size:
+            raise ImageTooLarge(
+                f"{self.what} is {human(size)}, larger than the volume's usable size of "
+                f"{human(self.volume.usable_size)}; request a larger volume"
+            )
+        await asyncio.to_thread(writer.resize, self.volume.usable_size)
+        if self.request.preallocation:
+            await asyncio.to_thread(writer.preallocate, self.volume.usable_size)
+        self.tracker.phase("verify")
+        if self.hasher is not None:
+            self.hasher.verify(self.what)
+        await asyncio.to_thread(writer.sync)
+        self._close_writer()
+        self._commit()
+        self.tracker.phase("done")
+
+    def _commit(self) -> None:
+        vol = self.volume
+        if vol.is_block():
+            vol.mark_ready(True)
+        else:
+            os.replace(vol.partial_path, vol.disk_path)
+            dir_fd = os.open(vol.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        vol.journal_path.unlink(missing_ok=True)
+
+    def _close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _discard(self) -> None:
+        """Final failure: nothing half-written may look complete or linger."""
+        self._close_writer()
+        Journal(self.volume.journal_path, {}).remove()
+        if not self.volume.is_block():
+            self.volume.partial_path.unlink(missing_ok=True)
+
+
+def _write_probe(path: Path, head: bytes, size: int) -> None:
+    with path.open("wb") as handle:
+        handle.write(head)
+        handle.truncate(max(size, len(head)))

@@ -1,0 +1,1 @@
+"""Where disk bytes come from: one module per source kind behind ``Source``."""

@@ -1,0 +1,199 @@
+"""HTTP(S) source: HEAD then GET, redirects resolved once, concurrent Range GETs.
+
+This module is the one place that translates aiohttp's exceptions and HTTP
+statuses into ``cdi.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+
+import aiohttp
+
+from cdi.errors import (
+    AuthFailed,
+    FinalImportError,
+    ImportError,
+    InvalidRequest,
+    SourceChanged,
+    SourceNotFound,
+    SourceUnavailable,
+    TransferStalled,
+)
+from cdi.formats.detect import HEADER_BYTES
+from cdi.settings import ImportSettings
+from cdi.sources.base import SourceInfo, redact_url, with_retries
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+USER_AGENT = "diskplane-importer"
+
+
+def status_error(status: int, what: str, retry_after: str | None) -> ImportError:
+    """Translate an HTTP status into our error tree."""
+    if status in (408, 429) or status >= 500:
+        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+        return SourceUnavailable(f"{what} answered HTTP {status}; will retry", retry_after=seconds)
+    if status in (401, 403):
+        return AuthFailed(f"{what} refused access (HTTP {status}); check the credentials")
+    if status in (404, 410):
+        return SourceNotFound(f"{what} does not exist (HTTP {status})")
+    if status == 412:
+        return SourceChanged(f"{what} changed during the import (HTTP 412)")
+    return FinalImportError(f"{what} answered HTTP {status}")
+
+
+def _ssl_context(ca_file: Path | None, insecure: bool) -> ssl.SSLContext | bool:
+    if insecure:
+        return False
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    return context
+
+
+class HttpSource:
+    """One HTTP(S) URL; the session lives from ``probe`` to ``aclose``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        basic: tuple[str, str] | None,
+        ca_file: Path | None,
+        insecure: bool,
+        settings: ImportSettings,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise InvalidRequest(f"{redact_url(url)} is not an http(s) URL")
+        self.url = url
+        self.description = redact_url(url)
+        self._headers = {"User-Agent": USER_AGENT, **headers}
+        self._auth = aiohttp.BasicAuth(*basic) if basic else None
+        self._ssl = _ssl_context(ca_file, insecure)
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._validator: str | None = None
+        self._if_range: str | None = None
+        self.supports_ranges = False
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self._settings.connect_timeout,
+                sock_read=self._settings.read_timeout,
+            )
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._settings.concurrency + 2)
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, connector=connector, trust_env=True, auth=self._auth
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def probe(self) -> SourceInfo:
+        return await with_retries(self._settings, self._probe_once)
+
+    async def _probe_once(self) -> SourceInfo:
+        size: int | None = None
+        try:
+            async with self._client().head(
+                self.url, headers=self._headers, allow_redirects=True
+            ) as resp:
+                if resp.status < 300:
+                    self.url = str(resp.url)  # redirects resolved once, reused after
+                    size = _int(resp.headers.get("Content-Length"))
+                    self._remember_validator(resp.headers)
+                elif resp.status not in (405, 501):
+                    raise status_error(
+                        resp.status, self.description, resp.headers.get("Retry-After")
+                    )
+            return await self._probe_get(size)
+        except ImportError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _network_error(self.description, exc) from exc
+
+    async def _probe_get(self, size: int | None) -> SourceInfo:
+        headers = {**self._headers, "Range": f"bytes=0-{HEADER_BYTES - 1}"}
+        async with self._client().get(self.url, headers=headers, allow_redirects=True) as resp:
+            if resp.status == 416:
+                return SourceInfo(0, True, self._validator, b"")
+            if resp.status >= 300:
+                raise status_error(resp.status, self.description, _retry_after(resp))
+            self.url = str(resp.url)
+            if self._validator is None:
+                self._remember_validator(resp.headers)
+            head = await resp.content.read(HEADER_BYTES)
+            while len(head) < HEADER_BYTES and not resp.content.at_eof():
+                more = await resp.content.read(HEADER_BYTES - len(head))
+                if not more:
+                    break
+                head += more
+            if resp.status == 206:
+                match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                if match and match.group(3) != "*":
+                    size = int(match.group(3))
+                self.supports_ranges = size is not None
+            else:
+                size = _int(resp.headers.get("Content-Length"))
+                self.supports_ranges = False
+                resp.close()  # do not drain the whole body
+            return SourceInfo(size, self.supports_ranges, self._validator, head)
+
+    def _remember_validator(self, headers: Mapping[str, str]) -> None:
+        etag = headers.get("ETag")
+        modified = headers.get("Last-Modified")
+        if etag and not etag.startswith("W/"):
+            self._validator, self._if_range = f"etag:{etag}", etag
+        elif modified:
+            self._validator, self._if_range = f"last-modified:{modified}", modified
+
+    async def stream(self, start: int, end: int | None) -> AsyncGenerator[bytes, None]:
+        headers = dict(self._headers)
+        ranged = start > 0 or end is not None
+        if ranged:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+            if self._if_range:
+                headers["If-Range"] = self._if_range
+        try:
+            async with self._client().get(self.url, headers=headers, allow_redirects=False) as resp:
+                if resp.status >= 300:
+                    raise status_error(
+                        resp.status, self.description, resp.headers.get("Retry-After")
+                    )
+                if ranged and resp.status != 206:
+                    raise SourceChanged(
+                        f"{self.description} answered a ranged request with the whole "
+                        "file; it changed since the import started"
+                    )
+                async for piece in resp.content.iter_chunked(1024 * 1024):
+                    yield piece
+        except ImportError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _network_error(self.description, exc) from exc
+
+
+def _network_error(what: str, exc: BaseException) -> ImportError:
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.SocketTimeoutError):
+        return TransferStalled(f"{what} sent nothing for too long; will retry")
+    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
+        return FinalImportError(f"TLS verification of {what} failed; pass its CA or --insecure")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return InvalidRequest(f"{what} is not a valid URL")
+    return SourceUnavailable(f"connection to {what} failed ({type(exc).__name__}); will retry")
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> str | None:
+    return resp.headers.get("Retry-After")
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None

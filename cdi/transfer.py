@@ -1,0 +1,269 @@
+"""Moving source bytes: concurrent ranged fetches, or one sequential stream.
+
+Both hand bytes to a blocking ``handler`` run on a bounded thread pool (decode,
+decompress, write) and feed the optional hasher strictly in source order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from cdi.checksum import StreamHasher
+from cdi.errors import RetryableImportError, SourceUnavailable
+from cdi.journal import Journal
+from cdi.progress import ProgressTracker
+from cdi.settings import ImportSettings, MiB
+from cdi.sources.base import RetryBudget, Source
+from cdi.tasks import run_named
+
+#: Blocking: put bytes fetched at a source offset where they belong; returns bytes written.
+RangeHandler = Callable[[int, bytearray], int]
+#: Blocking: bytes already done in an earlier run, re-read locally for hashing.
+LocalReader = Callable[[int, int], bytes]
+#: Blocking: consume the next piece of a sequential stream; returns bytes written.
+StreamHandler = Callable[[bytes], int]
+
+
+def split(size: int, chunk: int) -> list[tuple[int, int]]:
+    return [(s, min(s + chunk, size)) for s in range(0, size, chunk)]
+
+
+class RangedTransfer:
+    """Fetch ``ranges`` with ``settings.concurrency`` workers; resumable via the journal."""
+
+    def __init__(
+        self,
+        source: Source,
+        ranges: list[tuple[int, int]],
+        handler: RangeHandler,
+        *,
+        settings: ImportSettings,
+        tracker: ProgressTracker,
+        executor: ThreadPoolExecutor,
+        journal: Journal | None,
+        datasync: Callable[[], None],
+        hasher: StreamHasher | None = None,
+        local_reader: LocalReader | None = None,
+    ) -> None:
+        self._source = source
+        self._ranges = ranges
+        self._handler = handler
+        self._settings = settings
+        self._tracker = tracker
+        self._executor = executor
+        self._journal = journal
+        self._datasync = datasync
+        self._hasher = hasher
+        self._local_reader = local_reader
+        self._next = 0
+        self._hash_cursor = 0
+        self._fetched: dict[int, bytearray] = {}
+        self._changed = asyncio.Condition()
+        self._window = max(2 * settings.concurrency, 2)
+
+    def _is_done(self, index: int) -> bool:
+        start, end = self._ranges[index]
+        return self._journal is not None and self._journal.contains(start, end)
+
+    async def run(self) -> None:
+        coros = {
+            f"import-fetch-{i}": self._worker() for i in range(max(1, self._settings.concurrency))
+        }
+        if self._hasher is not None:
+            coros["import-hash"] = self._hash_in_order()
+        saver = None
+        if self._journal is not None:
+            saver = asyncio.create_task(self._journal_saver(), name="import-journal")
+        try:
+            await run_named(coros)
+        finally:
+            if saver is not None:
+                saver.cancel()
+                await asyncio.gather(saver, return_exceptions=True)
+            await self._save_journal()
+
+    async def _take(self) -> int | None:
+        async with self._changed:
+            while True:
+                while self._next < len(self._ranges) and self._is_done(self._next):
+                    self._next += 1
+                if self._next >= len(self._ranges):
+                    return None
+                if self._hasher is None or self._next < self._hash_cursor + self._window:
+                    index = self._next
+                    self._next += 1
+                    return index
+                await self._changed.wait()
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (index := await self._take()) is not None:
+            start, end = self._ranges[index]
+            data = await self._fetch(start, end)
+            written = await loop.run_in_executor(self._executor, self._handler, start, data)
+            self._tracker.add(written=written)
+            if self._journal is not None:
+                self._journal.add(start, end)
+            async with self._changed:
+                if self._hasher is not None:
+                    self._fetched[index] = data
+                self._changed.notify_all()
+
+    async def _fetch(self, start: int, end: int) -> bytearray:
+        buf = bytearray()
+        budget = RetryBudget(self._settings)
+        while start + len(buf) < end:
+            try:
+                pos = start + len(buf)
+                async with contextlib.aclosing(self._source.stream(pos, end)) as stream:
+                    async for piece in stream:
+                        buf += piece
+                        budget.progressed()
+                        self._tracker.add(read=len(piece))
+                if start + len(buf) < end:
+                    raise SourceUnavailable(
+                        f"{self._source.description} ended the range at byte "
+                        f"{start + len(buf)} instead of {end}; will retry"
+                    )
+            except RetryableImportError as exc:
+                await budget.failed(exc)
+        del buf[end - start :]
+        return buf
+
+    async def _hash_in_order(self) -> None:
+        assert self._hasher is not None
+        loop = asyncio.get_running_loop()
+        for index, (start, end) in enumerate(self._ranges):
+            if self._is_done(index) and index not in self._fetched:
+                assert self._local_reader is not None
+                data: bytes | bytearray = await loop.run_in_executor(
+                    self._executor, self._local_reader, start, end
+                )
+            else:
+                async with self._changed:
+                    while index not in self._fetched:
+                        await self._changed.wait()
+                    data = self._fetched.pop(index)
+            await loop.run_in_executor(self._executor, self._hasher.update, data)
+            async with self._changed:
+                self._hash_cursor = index + 1
+                self._changed.notify_all()
+
+    async def _journal_saver(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.journal_interval)
+            await self._save_journal()
+
+    async def _save_journal(self) -> None:
+        if self._journal is None:
+            return
+        snapshot = list(self._journal.done)
+        await asyncio.to_thread(self._datasync)
+        saved = Journal(self._journal.path, self._journal.identity, snapshot)
+        await asyncio.to_thread(saved.save)
+
+
+class SequentialTransfer:
+    """One stream from start to end; a drop resumes at the current offset when the
+    source supports ranges, otherwise the whole stream (and ``restart``) starts over."""
+
+    #: Pieces are joined up to this size before one trip to the thread pool.
+    BATCH = 4 * MiB
+
+    def __init__(
+        self,
+        source: Source,
+        size: int | None,
+        supports_ranges: bool,
+        handler: StreamHandler,
+        restart: Callable[[], None],
+        *,
+        settings: ImportSettings,
+        tracker: ProgressTracker,
+        executor: ThreadPoolExecutor,
+        hasher: StreamHasher | None,
+    ) -> None:
+        self._source = source
+        self._size = size
+        self._ranges = supports_ranges
+        self._handler = handler
+        self._restart = restart
+        self._settings = settings
+        self._tracker = tracker
+        self._executor = executor
+        self._hasher = hasher
+        self.position = 0
+
+    async def run(self) -> None:
+        budget = RetryBudget(self._settings)
+        while True:
+            try:
+                await self._attempt(budget)
+                return
+            except RetryableImportError as exc:
+                await budget.failed(exc)
+                if not self._ranges and self.position:
+                    self.position = 0
+                    self._tracker.rewind()
+                    if self._hasher is not None:
+                        self._hasher.reset()
+                    await asyncio.get_running_loop().run_in_executor(self._executor, self._restart)
+
+    async def _attempt(self, budget: RetryBudget) -> None:
+        queue: asyncio.Queue[bytes | RetryableImportError | None] = asyncio.Queue(maxsize=16)
+        await run_named(
+            {
+                "import-stream-read": self._read(queue, budget),
+                "import-stream-decode": self._consume(queue),
+            }
+        )
+        if self._size is not None and self.position < self._size:
+            raise SourceUnavailable(
+                f"{self._source.description} ended at byte {self.position} of {self._size}; "
+                "will retry"
+            )
+
+    async def _read(
+        self, queue: asyncio.Queue[bytes | RetryableImportError | None], budget: RetryBudget
+    ) -> None:
+        # A retryable error travels through the queue so that every byte read
+        # before it is fed first and ``position`` stays exact.
+        try:
+            async with contextlib.aclosing(self._source.stream(self.position, None)) as stream:
+                async for piece in stream:
+                    await queue.put(piece)
+                    budget.progressed()
+        except RetryableImportError as exc:
+            await queue.put(exc)
+            return
+        await queue.put(None)
+
+    async def _consume(self, queue: asyncio.Queue[bytes | RetryableImportError | None]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await queue.get()
+            batch: list[bytes] = []
+            size = 0
+            while isinstance(item, bytes):
+                batch.append(item)
+                size += len(item)
+                if size >= self.BATCH or queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                data = b"".join(batch)
+                written = await loop.run_in_executor(self._executor, self._feed, data)
+                self.position += len(data)
+                self._tracker.add(read=len(data), written=written)
+            if item is None:
+                return
+            if isinstance(item, RetryableImportError):
+                raise item
+
+    def _feed(self, data: bytes) -> int:
+        if self._hasher is not None:
+            self._hasher.update(data)
+        return self._handler(data)

@@ -1,0 +1,127 @@
+"""Sparse-aware raw writer: zero blocks become holes, never written bytes.
+
+On a fresh regular file, skipping a zero block leaves a hole. On a block device
+(or a file that is not fresh) zero blocks are punched with
+``fallocate(PUNCH_HOLE)``, which discards on block devices, falling back to
+writing zeros. Writes beyond the usable size are refused (gzip bombs, lying
+servers). All methods are blocking: call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+from pathlib import Path
+
+from cdi.errors import ImageTooLarge, VolumeError
+from cdi.settings import MiB
+
+#: Granularity of zero detection; 64 KiB matches qcow2's default cluster.
+BLOCK = 64 * 1024
+_ZEROS = bytes(BLOCK)
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros(length: int) -> bytes:
+    return bytes(length)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range so it reads as zeros; False when the target cannot."""
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return bool(_libc.fallocate(fd, mode, offset, length) == 0)
+
+
+def human(size: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.2f} {unit}".replace(".00 ", " ")
+    return f"{size} B"
+
+
+class RawWriter:
+    """Writes guest bytes at offsets into the target, skipping or punching zeros."""
+
+    def __init__(self, path: Path, limit: int, *, fresh: bool, block_device: bool, what: str):
+        self.path = path
+        self.limit = limit
+        self.fresh = fresh and not block_device
+        self.block_device = block_device
+        self._what = what
+        flags = os.O_RDWR | os.O_CLOEXEC | (0 if block_device else os.O_CREAT)
+        try:
+            self.fd = os.open(path, flags, 0o660)
+        except OSError as exc:
+            raise VolumeError(f"cannot open {path} for writing: {exc.strerror}") from exc
+        self.bytes_written = 0
+        self.high_water = 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def write(self, offset: int, data: bytes | bytearray) -> int:
+        """Write ``data`` at ``offset``; return the number of bytes actually written."""
+        end = offset + len(data)
+        if end > self.limit:
+            raise ImageTooLarge(
+                f"{self._what} expands past {human(self.limit)}, the usable size of the "
+                "volume; request a larger volume"
+            )
+        self.high_water = max(self.high_water, end)
+        if len(data) <= 16 * MiB and data == _zeros(len(data)):
+            self._zero(offset, len(data))
+            return 0
+        view = memoryview(data)
+        written = 0
+        pos = 0
+        while pos < len(view):
+            step = min(BLOCK, len(view) - pos)
+            block = data[pos : pos + step]
+            if block == (_ZEROS if step == BLOCK else _zeros(step)):
+                self._zero(offset + pos, step)
+            else:
+                written += self._pwrite(view[pos : pos + step], offset + pos)
+            pos += step
+        self.bytes_written += written
+        return written
+
+    def _pwrite(self, view: memoryview, offset: int) -> int:
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
+        return done
+
+    def _zero(self, offset: int, length: int) -> None:
+        if self.fresh:
+            return
+        if not punch_hole(self.fd, offset, length):
+            self._pwrite(memoryview(bytes(length)), offset)
+
+    def zero_all(self, size: int) -> None:
+        """Make [0, size) read as zeros before a non-fresh target is filled sparsely."""
+        if not punch_hole(self.fd, 0, size):
+            for start in range(0, size, 16 * MiB):
+                self._pwrite(memoryview(bytes(min(16 * MiB, size - start))), start)
+
+    def resize(self, size: int) -> None:
+        if not self.block_device:
+            os.ftruncate(self.fd, size)
+
+    def preallocate(self, size: int) -> None:
+        if not self.block_device:
+            os.posix_fallocate(self.fd, 0, size)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def datasync(self) -> None:
+        os.fdatasync(self.fd)
