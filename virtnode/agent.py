@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from virtnode.containerdisks import NodeDiskCache
 from virtnode.disks import ContainerDiskSource
 from virtnode.errors import SpecError, VmExistsError, VmNotFoundError
 from virtnode.events import EventBus
@@ -76,7 +77,7 @@ class NodeAgent:
             publish=self.events.publish,
             observe_qmp=self.metrics.observe_qmp,
             record_migration=self.metrics.record_migration,
-            containerdisks=self._containerdisks,
+            containerdisks=self._containerdisks or NodeDiskCache(s.cache_dir),
         )
         for run in existing_run_dirs(s.run_dir):
             await self._adopt(run)

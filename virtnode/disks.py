@@ -110,6 +110,7 @@ class DiskPreparer:
         if self.containerdisks is None:
             raise SpecError(f"volume {volume.name!r}: this node has no containerDisk cache")
         base, base_format = await self.containerdisks.fetch(str(volume.source["image"]))
+        check_reachable(base, self.run_as)
         overlay = self.run_dir.disks / f"{volume.name}.overlay.qcow2"
         await qemu_img(
             "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(overlay)

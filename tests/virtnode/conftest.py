@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -108,3 +109,11 @@ def qemu_uid(pid: int) -> int:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def marker_written(text: str) -> int:
+    match = re.search(
+        r"DISKPLANE-MARKER-WRITTEN dev=/dev/vda value=\[DISKPLANE-MARKER count=(\d+)", text
+    )
+    assert match, text[-2000:]
+    return int(match.group(1))

@@ -20,6 +20,7 @@ from tests.virtnode.conftest import (
     READY,
     is_root,
     make_volume,
+    marker_written,
     qemu_uid,
     vmi_object,
 )
@@ -30,14 +31,6 @@ from virtnode.volumeops import add_volume, commit, mirror, remove_volume, resize
 pytestmark = pytest.mark.guest
 
 MiB = 2**20
-
-
-def marker_written(text: str) -> int:
-    match = re.search(
-        r"DISKPLANE-MARKER-WRITTEN dev=/dev/vda value=\[DISKPLANE-MARKER count=(\d+)", text
-    )
-    assert match, text[-2000:]
-    return int(match.group(1))
 
 
 async def test_boot_marker_ephemeral_disks_and_poweroff(
