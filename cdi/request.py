@@ -112,7 +112,7 @@ class SourceSpec:
         if not isinstance(body, Mapping):
             raise InvalidRequest(f"source.{kind} must be a mapping")
         checksum = Checksum.parse(body["checksum"]) if body.get("checksum") else None
-        headers = tuple(_split_header(h) for h in body.get("extraHeaders", []) or [])
+        headers = tuple(split_header(h) for h in body.get("extraHeaders", []) or [])
         platform = body.get("platform") or {}
         spec = cls(
             kind=kind,
@@ -156,7 +156,7 @@ class SourceSpec:
             raise InvalidRequest("source.registry url must start with docker://")
 
 
-def _split_header(text: str) -> tuple[str, str]:
+def split_header(text: str) -> tuple[str, str]:
     name, sep, value = str(text).partition(":")
     if not sep or not name.strip():
         raise InvalidRequest("an extra header is not of the form 'Name: value'")
