@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from containerdisk.diskinfo import check_disk, qemu_img_info
@@ -25,8 +25,18 @@ from containerdisk.registry.transport import Transport
 Progress = Callable[[str, int, int | None], None]
 
 
+_ZEROS = bytes(1024 * 1024)
+WRITE_QUEUE = 8  # pieces (<= 1 MiB each) waiting for the writer thread
+
+
+def _is_zero(piece: bytes) -> bool:
+    if len(piece) == len(_ZEROS):
+        return piece == _ZEROS  # memcmp
+    return piece.count(0) == len(piece)
+
+
 def _write_piece(fd: int, piece: bytes, offset: int) -> None:
-    if piece.count(0) == len(piece):
+    if _is_zero(piece):
         return  # a hole; the final ftruncate sets the size
     view = memoryview(piece)
     while view:
@@ -47,6 +57,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+async def _stream_to_fd(
+    chunks: AsyncIterator[bytes], fd: int, total: int | None, progress: Progress | None
+) -> int:
+    """Write pieces at their offsets in a writer task, so reading and writing overlap."""
+    queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(WRITE_QUEUE)
+
+    async def writer() -> None:
+        while (item := await queue.get()) is not None:
+            await asyncio.to_thread(_write_piece, fd, item[0], item[1])
+
+    offset = 0
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(writer(), name="containerdisk-pull-writer")
+        try:
+            async for piece in chunks:
+                await queue.put((piece, offset))
+                offset += len(piece)
+                if progress:
+                    progress("pull", offset, total)
+            await queue.put(None)
+        except BaseException:
+            task.cancel()
+            raise
+    return offset
+
+
 async def pull_disk_to_file(
     transport: Transport,
     ref: Reference,
@@ -63,12 +99,7 @@ async def pull_disk_to_file(
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            offset = 0
-            async for piece in disk.chunks():
-                await asyncio.to_thread(_write_piece, fd, piece, offset)
-                offset += len(piece)
-                if progress:
-                    progress("pull", offset, disk.size)
+            offset = await _stream_to_fd(disk.chunks(), fd, disk.size, progress)
             await asyncio.to_thread(_finish_file, fd, offset)
         finally:
             os.close(fd)

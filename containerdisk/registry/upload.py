@@ -56,7 +56,8 @@ class BlobUpload:
         self._ref = ref
         self._what = what
         self._location: str | None = None
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []
+        self._buffered = 0
         self.offset = 0  # bytes the registry holds
         self.patches = 0
         self.resumes = 0
@@ -87,16 +88,22 @@ class BlobUpload:
         return str(resp.url.join(URL(location)))
 
     async def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._chunk_size:
-            await self._send_chunk(bytes(self._buffer[: self._chunk_size]))
-            del self._buffer[: self._chunk_size]
+        """Buffer ``data``; a PATCH goes out once ``chunk_size`` bytes are waiting."""
+        self._pieces.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self._chunk_size:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        chunk = b"".join(self._pieces)  # chunks are at least chunk_size, never split
+        self._pieces.clear()
+        self._buffered = 0
+        await self._send_chunk(chunk)
 
     async def finish(self, digest: str) -> None:
         """Send what is buffered and commit the blob under ``digest``."""
-        if self._buffer:
-            await self._send_chunk(bytes(self._buffer))
-            self._buffer.clear()
+        if self._pieces:
+            await self._flush()
         assert self._location is not None
         resp = await self._transport.request(
             "PUT",
