@@ -1,0 +1,133 @@
+"""Uploads on the real pipeline: qcow2.gz, a resumed half upload, multipart, wrong checksum."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cdi.service import ImporterClient, VolumeRef
+from tests.cdi.service.conftest import MiB, Service, qemu_img, raw_equal, write_sparse_raw
+
+VOLUME = {"namespace": "default", "name": "up"}
+URL = "/v1/uploads/default/up"
+
+
+def _sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _qcow2_gz(tmp_path: Path) -> tuple[Path, Path]:
+    """(the qcow2.gz to upload, the raw that ``qemu-img convert`` makes of it)."""
+    raw = write_sparse_raw(tmp_path / "src.raw", 12 * MiB, seed=11)
+    qcow2 = tmp_path / "src.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2))
+    packed = tmp_path / "src.qcow2.gz"
+    with open(qcow2, "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    expected = tmp_path / "expected.raw"
+    qemu_img("convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(expected))
+    return packed, expected
+
+
+async def _prepare(service: Service, image: Path, checksum: str | None = None) -> dict[str, str]:
+    body: dict[str, Any] = {"source": {"upload": {}}, "target": VOLUME, "size": "32Mi"}
+    body["checksum"] = checksum if checksum is not None else _sha256(image)
+    await service.create(body)
+    response = await service.client.post("/v1/upload-tokens", json={"target": VOLUME})
+    return {"Authorization": f"Bearer {(await response.json())['token']}"}
+
+
+async def test_qcow2_gz_upload_equals_qemu_img_convert(service: Service, tmp_path: Path) -> None:
+    packed, expected = _qcow2_gz(tmp_path)
+    headers = await _prepare(service, packed)
+    response = await service.client.put(URL, data=io.BytesIO(packed.read_bytes()), headers=headers)
+    job = await response.json()
+    assert response.status == 200, job
+    assert job["phase"] == "Succeeded"
+    volume = service.pool.get("default", "up")
+    assert raw_equal(volume.disk_path, expected)
+    assert not any((service.settings.state_dir / "uploads").iterdir())
+
+
+async def test_upload_cut_after_half_then_resumed(service: Service, tmp_path: Path) -> None:
+    packed, expected = _qcow2_gz(tmp_path)
+    headers = await _prepare(service, packed)
+    data = packed.read_bytes()
+    half = len(data) // 2
+    await _send_and_drop(service, headers, data, half)
+    status = await (await service.client.get(URL, headers=headers)).json()
+    assert 0 < status["bytesReceived"] <= half
+    assert status["phase"] == "UploadPending"
+    # The client resumes from the server's offset.
+    url = str(service.client.make_url(""))
+    token = headers["Authorization"].split(" ", 1)[1]
+    async with ImporterClient(url) as client:
+        done = await client.upload_file(packed, VolumeRef("default", "up"), token)
+        assert done.bytes_received == len(data)
+        final = await client.wait(done.job_id)
+    assert final.phase == "Succeeded", final.message
+    assert raw_equal(service.pool.get("default", "up").disk_path, expected)
+
+
+async def _send_and_drop(service: Service, headers: dict[str, str], data: bytes, cut: int) -> None:
+    """A PUT that announces every byte, sends ``cut`` of them and hangs up."""
+    host, port = service.client.host, service.client.port
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        f"PUT {URL}/async HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: {headers['Authorization']}\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    writer.write(head + data[:cut])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    del reader
+    # Wait (bounded) until the server has noticed and closed the broken request.
+    async with asyncio.timeout(30):
+        while True:
+            status = await (await service.client.get(URL, headers=headers)).json()
+            if status["bytesReceived"] > 0 and not status["receiving"]:
+                break
+            await asyncio.sleep(0.05)
+
+
+async def test_multipart_async_upload(service: Service, tmp_path: Path) -> None:
+    raw = write_sparse_raw(tmp_path / "plain.raw", 6 * MiB, seed=2)
+    headers = await _prepare(service, raw)
+    form = aiohttp.FormData()
+    form.add_field(
+        "file",
+        io.BytesIO(raw.read_bytes()),
+        filename="plain.raw",
+        content_type="application/octet-stream",
+    )
+    response = await service.client.post(URL + "/async", data=form, headers=headers)
+    status = await response.json()
+    assert response.status == 200, status
+    final = await service.wait(status["jobId"])
+    assert final["phase"] == "Succeeded", final
+    assert raw_equal(service.pool.get("default", "up").disk_path, raw)
+
+
+async def test_wrong_checksum_fails_finally_and_leaves_no_volume(
+    service: Service, tmp_path: Path
+) -> None:
+    raw = write_sparse_raw(tmp_path / "plain.raw", 4 * MiB, seed=9)
+    headers = await _prepare(service, raw, checksum="sha256:" + "0" * 64)
+    response = await service.client.put(URL, data=io.BytesIO(raw.read_bytes()), headers=headers)
+    body = await response.json()
+    assert response.status == 422
+    assert "checksum" in body["error"].lower()
+    job = service.state.scheduler.list()[0]
+    assert job.phase.value == "Failed"
+    assert job.reason == "ChecksumError"
+    assert service.pool.list() == []
+    assert not any((service.settings.state_dir / "uploads").iterdir())
