@@ -67,19 +67,28 @@ async def _stream_to_fd(
         while (item := await queue.get()) is not None:
             await asyncio.to_thread(_write_piece, fd, item[0], item[1])
 
+    async def put(item: tuple[bytes, int] | None) -> None:
+        waiter = asyncio.ensure_future(queue.put(item))
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():  # the writer died: its error wins
+            waiter.cancel()
+            await task
+
     offset = 0
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(writer(), name="containerdisk-pull-writer")
-        try:
-            async for piece in chunks:
-                await queue.put((piece, offset))
-                offset += len(piece)
-                if progress:
-                    progress("pull", offset, total)
-            await queue.put(None)
-        except BaseException:
+    task = asyncio.create_task(writer(), name="containerdisk-pull-writer")
+    try:
+        async for piece in chunks:
+            await put((piece, offset))
+            offset += len(piece)
+            if progress:
+                progress("pull", offset, total)
+        await put(None)
+        await task
+    finally:
+        if not task.done():
             task.cancel()
-            raise
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     return offset
 
 
