@@ -1,0 +1,117 @@
+"""Every format and compression, made with the real tools, equals a direct ``qemu-img convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdi import ImportRequest, ImportSettings, MiB, SourceSpec, VolumePool, run_import
+from tests.cdi.conftest import compress, convert, same_disk, sparse_blocks
+from tests.support.http_server import FileServer
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "raw": ("raw",),
+    "qcow2": ("qcow2",),
+    "qcow2-zlib": ("qcow2", "-c"),
+    "qcow2-zstd": ("qcow2", "-c", "-o", "compression_type=zstd"),
+    "qcow2-4k-v2": ("qcow2", "-o", "cluster_size=4096,compat=0.10"),
+    "vmdk": ("vmdk",),
+    "vmdk-stream": ("vmdk", "-o", "subformat=streamOptimized"),
+    "vdi": ("vdi",),
+    "vhd": ("vpc",),
+    "vhdx": ("vhdx",),
+}
+
+
+def build(base: Path, variant: str, compression: str | None) -> tuple[Path, Path]:
+    """(image to import, raw image it must equal)."""
+    fmt, *extra = FORMATS[variant]
+    image = base if fmt == "raw" else convert(base, fmt, base.with_name(f"{variant}.img"), *extra)
+    expected = convert(image, "raw", base.with_name(f"{variant}.expected.raw"))
+    if compression:
+        image = compress(image, compression)
+    return image, expected
+
+
+async def _import(pool: VolumePool, spec: SourceSpec, settings: ImportSettings, name: str = "d"):  # type: ignore[no-untyped-def]
+    return await run_import(pool, ImportRequest("ns", name, 64 * MiB, spec), settings=settings)
+
+
+@pytest.mark.parametrize("compression", [None, "gz", "xz", "zst", "bz2"])
+@pytest.mark.parametrize("variant", sorted(FORMATS))
+async def test_http_every_format_and_compression(
+    http_server: FileServer,
+    pool: VolumePool,
+    settings: ImportSettings,
+    base: Path,
+    variant: str,
+    compression: str | None,
+) -> None:
+    image, expected = build(base, variant, compression)
+    (http_server.root / image.name).write_bytes(image.read_bytes())
+    spec = SourceSpec(kind="http", url=http_server.url(image.name))
+    result = await _import(pool, spec, settings)
+    assert same_disk(expected, result.volume)
+    assert result.format == FORMATS[variant][0]
+    assert result.volume.disk_path.stat().st_size == result.volume.usable_size
+    assert sorted(p.name for p in result.volume.directory.iterdir()) == [
+        ".lock", "disk.img", "volume.json",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["raw", "qcow2", "qcow2-zlib", "vmdk", "vhdx"])
+async def test_local_file_every_format(
+    pool: VolumePool, settings: ImportSettings, base: Path, variant: str
+) -> None:
+    image, expected = build(base, variant, None)
+    result = await _import(pool, SourceSpec(kind="file", path=image), settings)
+    assert same_disk(expected, result.volume)
+
+
+async def test_zero_runs_become_holes(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, base: Path
+) -> None:
+    image, _ = build(base, "qcow2", None)
+    (http_server.root / "d.qcow2").write_bytes(image.read_bytes())
+    result = await _import(pool, SourceSpec(kind="http", url=http_server.url("d.qcow2")), settings)
+    # Two thirds of the 4 MiB image hold data; the 60 MiB disk is otherwise holes.
+    assert sparse_blocks(result.volume.disk_path) * 512 <= 3 * MiB
+    assert result.bytes_written <= 3 * MiB
+
+
+async def test_qcow2_fetches_only_allocated_clusters(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, tmp_path: Path
+) -> None:
+    # A qcow2 file with a big freed hole: only clusters still referenced are fetched.
+    from tests.cdi.conftest import make_base
+
+    big = make_base(tmp_path / "big.raw", size=8 * MiB)
+    image = convert(big, "qcow2", tmp_path / "big.qcow2")
+    (http_server.root / "big.qcow2").write_bytes(image.read_bytes())
+    result = await _import(
+        pool, SourceSpec(kind="http", url=http_server.url("big.qcow2")), settings
+    )
+    fetched = sum(r.bytes_sent for r in http_server.log if r.method == "GET")
+    assert fetched <= image.stat().st_size + 256 * 1024
+    assert result.source_bytes == image.stat().st_size
+
+
+async def test_iso_is_imported_as_raw(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, tmp_path: Path
+) -> None:
+    iso = tmp_path / "cd.iso"
+    data = bytearray(2 * MiB)
+    data[0x8001:0x8006] = b"CD001"
+    data[0x9000:0x9010] = b"some-iso-content"
+    iso.write_bytes(bytes(data))
+    (http_server.root / "cd.iso").write_bytes(bytes(data))
+    result = await _import(pool, SourceSpec(kind="http", url=http_server.url("cd.iso")), settings)
+    assert result.format == "raw"
+    assert same_disk(iso, result.volume)
+
+
+async def test_blank_is_sparse_and_sized(pool: VolumePool, settings: ImportSettings) -> None:
+    result = await _import(pool, SourceSpec(kind="blank"), settings)
+    assert result.volume.disk_path.stat().st_size == 60 * MiB
+    assert sparse_blocks(result.volume.disk_path) == 0
