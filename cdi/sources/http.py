@@ -7,6 +7,7 @@ statuses into ``cdi.errors``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import ssl
 from collections.abc import AsyncGenerator, Mapping
@@ -71,7 +72,9 @@ class HttpSource:
         self.url = url
         self.description = redact_url(url)
         self._headers = {"User-Agent": USER_AGENT, **headers}
-        self._auth = aiohttp.BasicAuth(*basic) if basic else None
+        if basic:
+            token = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         self._ssl = _ssl_context(ca_file, insecure)
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
@@ -88,7 +91,7 @@ class HttpSource:
             )
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._settings.concurrency + 2)
             self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=connector, trust_env=True, auth=self._auth
+                timeout=timeout, connector=connector, trust_env=True
             )
         return self._session
 
