@@ -109,7 +109,7 @@ async def test_basic_auth_and_wrong_password(
                     url=http_server.url(served),
                     credentials=Credentials(username="alice", password="battery-staple"),
                 ),
-            ),  # fmt: skip
+            ),
             settings=settings,
         )
     assert "battery-staple" not in str(info.value)
@@ -217,6 +217,7 @@ async def test_missing_source_is_final_and_leaves_nothing(
         await fetch(pool, settings, url)
     message = str(info.value)
     assert "nope.img" in message
-    assert "topsecretsig" not in message and "AKIA" not in message
+    assert "topsecretsig" not in message
+    assert "AKIA" not in message
     assert leftovers(pool.root / "ns" / "d") == []
     assert len(http_server.log) == 1  # final: never retried
