@@ -33,6 +33,9 @@ DB_NAME = "store.db"
 CHANGE_LOG_LIMIT = 20_000
 # Events a slow watcher may have pending before it is cut off with Gone (it re-lists).
 WATCH_QUEUE_SIZE = 4096
+# How often an idle watch checks whether another process (a CLI, `diskplane up`)
+# wrote to the same database; writes in this process are delivered at once.
+EXTERNAL_CHECK_S = 0.5
 # How long a SQLite call waits for a lock held by another process.
 BUSY_TIMEOUT_S = 10.0
 
@@ -64,6 +67,7 @@ class _Watcher:
         default_factory=lambda: asyncio.Queue(maxsize=WATCH_QUEUE_SIZE)
     )
     overflowed: bool = False
+    data_version: int = -1
 
     def wants(self, kind: str, namespace: str, obj: Object) -> bool:
         if kind != self.kind or (self.namespace is not None and namespace != self.namespace):
@@ -101,10 +105,10 @@ class EmbeddedStore:
         conn.executescript(SCHEMA)
         self._conn = conn
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, count: bool = True) -> T:
         if self._closed:
             raise StoreUnavailable(f"the embedded store {self.path} is closed")
-        self.operations += 1
+        self.operations += count
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
@@ -197,7 +201,13 @@ class EmbeddedStore:
                     yield event
                 last = max(last, int(event.resource_version))
             while True:
-                item = await watcher.queue.get()
+                try:
+                    item = await asyncio.wait_for(watcher.queue.get(), EXTERNAL_CHECK_S)
+                except TimeoutError:
+                    for event in await self._run(self._external, watcher, last, count=False):
+                        last = max(last, int(event.resource_version))
+                        yield event
+                    continue
                 if item is _CLOSED:
                     return
                 if item is _OVERFLOW:
@@ -221,6 +231,14 @@ class EmbeddedStore:
             for kind, namespace, event in tx.changes_since(since)
             if watcher.wants(kind, namespace, event.object)
         ]
+
+    def _external(self, watcher: _Watcher, since: int) -> builtins.list[WatchEvent]:
+        """Changes committed by other connections since the last check."""
+        version = self._db().execute("PRAGMA data_version").fetchone()[0]
+        if version == watcher.data_version:
+            return []
+        watcher.data_version = version
+        return self._replay(watcher, since)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
