@@ -15,6 +15,7 @@ per (realm, service, scope) until shortly before it expires.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -155,6 +156,7 @@ class Authenticator:
         self._scheme: str | None = None
         self._bearer: dict[str, str] = {}
         self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._fetching: dict[str, asyncio.Lock] = {}
 
     def header(self, scope: str) -> str | None:
         """The Authorization header to send pre-emptively for ``scope``, if we know one."""
@@ -167,6 +169,32 @@ class Authenticator:
                 return f"Bearer {token.value}"
         return None
 
+    def learn(self, challenge: str | None) -> None:
+        """Remember the scheme a /v2/ ping announced; tokens come per scope, later."""
+        if not challenge:
+            return
+        scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            self._scheme = "basic"
+        elif scheme == "bearer" and "realm" in params:
+            self._scheme, self._bearer = "bearer", params
+
+    async def prepare(self, scope: str) -> None:
+        """With a known Bearer realm, fetch the scope's token before the request needs it."""
+        if self._scheme == "bearer" and scope and self.header(scope) is None:
+            async with self._fetching.setdefault(scope, asyncio.Lock()):
+                if self.header(scope) is None:  # another task may have fetched it meanwhile
+                    await self._fetch(scope)
+
+    async def _fetch(self, scope: str) -> None:
+        params = self._bearer
+        key = (params["realm"], params.get("service", ""), scope)
+        query = [("service", params.get("service", ""))]
+        query += [("scope", one) for one in scope.split()]
+        value, lifetime = await self._fetch_token(params["realm"], query, self.credentials)
+        margin = min(TOKEN_EXPIRY_MARGIN, lifetime / 2)
+        self._tokens[key] = _Token(value, time.monotonic() + lifetime - margin)
+
     async def answer(self, challenge: str | None, scope: str) -> bool:
         """Learn from a 401; True when a retry with new credentials makes sense."""
         if not challenge:
@@ -178,11 +206,6 @@ class Authenticator:
             return not already and self.credentials.basic_header() is not None
         if scheme != "bearer" or "realm" not in params:
             return False
-        key = (params["realm"], params.get("service", ""), scope)
         self._scheme, self._bearer = "bearer", params
-        query = [("service", params.get("service", ""))]
-        query += [("scope", one) for one in scope.split()]
-        value, lifetime = await self._fetch_token(params["realm"], query, self.credentials)
-        margin = min(TOKEN_EXPIRY_MARGIN, lifetime / 2)
-        self._tokens[key] = _Token(value, time.monotonic() + lifetime - margin)
+        await self._fetch(scope)
         return True

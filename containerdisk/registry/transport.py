@@ -250,7 +250,7 @@ class Transport:
             if resp.status == 401:
                 host = base.split("://", 1)[1]
                 registry = DOCKER_HUB if host == DOCKER_HUB_API_HOST else host
-                await self.authenticator(registry).answer(resp.headers.get("WWW-Authenticate"), "")
+                self.authenticator(registry).learn(resp.headers.get("WWW-Authenticate"))
 
     async def _fetch_token(
         self, realm: str, query: list[tuple[str, str]], creds: Credentials
@@ -309,6 +309,8 @@ class Transport:
         while True:
             attempt += 1
             send_headers = dict(headers or {})
+            if not self._credentials.token:
+                await auth.prepare(scope)
             if self._credentials.token:
                 send_headers["Authorization"] = f"Bearer {self._credentials.token}"
             elif header := auth.header(scope):
