@@ -175,6 +175,8 @@ class ImportJob:
 
     async def _check_header(self, fmt: Format, info: SourceInfo) -> None:
         """qemu-img info on the head (sparse-extended to the real size) before any transfer."""
+        if fmt == "qcow2":
+            qcow2.parse_header(info.head, self.what)  # clearer refusals than qemu-img's
         probe = self.volume.workdir / PROBE
         size = info.size if info.size is not None else len(info.head)
         await asyncio.to_thread(_write_probe, probe, info.head, size)
