@@ -74,7 +74,8 @@ def gzip_bomb(tmp: Path, base: Path) -> Path:
 def encrypted(tmp: Path, base: Path) -> Path:
     qemu_img(
         "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=123456",
-        "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(tmp / "x.qcow2"), "4M",
+        "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        str(tmp / "x.qcow2"), "4M",
     )  # fmt: skip
     return tmp / "x.qcow2"
 
