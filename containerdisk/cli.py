@@ -96,6 +96,14 @@ def register(subparsers: Any) -> None:
     _auth_options(inspect)
     inspect.set_defaults(handler=_run_inspect)
 
+    index = subparsers.add_parser(
+        "push-index", help="combine per-platform images of one repository into an index"
+    )
+    index.add_argument("ref", help="the index's reference (repo:tag)")
+    index.add_argument("images", nargs="+", help="per-platform images in the same repository")
+    _auth_options(index)
+    index.set_defaults(handler=_run_push_index, platform=None)
+
     build = subparsers.add_parser("build", help="build a containerDisk into an OCI layout dir")
     build.add_argument("disk", type=Path)
     build.add_argument("--oci-layout", type=Path, required=True, metavar="DIR")
@@ -204,6 +212,16 @@ def _run_inspect(args: argparse.Namespace) -> int:
         async with _client(args) as client:
             info = await client.inspect(args.ref)
         print(json.dumps(info, indent=2))
+        return 0
+
+    return _run(main())
+
+
+def _run_push_index(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            digest = await client.push_index(args.ref, list(args.images))
+        print(f"pushed index {args.ref}@{digest}")
         return 0
 
     return _run(main())

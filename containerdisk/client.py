@@ -28,8 +28,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
+from containerdisk import annotations as ann
 from containerdisk import mediatypes as mt
 from containerdisk.codecs import Compression
+from containerdisk.diskinfo import QCOW2_MAGIC
 from containerdisk.errors import ManifestError
 from containerdisk.layer import Progress
 from containerdisk.oci import Descriptor, Index, Platform, get_platform_from_config
@@ -229,11 +231,25 @@ class RegistryClient:
             "annotations": dict(m.annotations),
         }
         async with self.open_disk(image.reference) as disk:
+            fmt, virtual = await _peek_format(disk)
             out["disk"] = {
                 "kind": disk.kind,
                 "mediaType": disk.media_type,
                 "size": disk.size,
-                "format": disk.disk_format,
-                "virtualSize": disk.annotations.get("io.diskplane.disk.virtual-size"),
+                "format": disk.disk_format or fmt,
+                "virtualSize": int(disk.annotations.get(ann.DISK_VIRTUAL_SIZE, 0)) or virtual,
             }
         return out
+
+
+async def _peek_format(disk: RegistryDisk) -> tuple[str | None, int | None]:
+    """Format and virtual size from the disk's first bytes (qcow2 header, else raw)."""
+    head = b""
+    async with contextlib.aclosing(disk.chunks()) as chunks:
+        async for piece in chunks:
+            head += piece
+            if len(head) >= 512:
+                break
+    if head.startswith(QCOW2_MAGIC) and len(head) >= 32:
+        return "qcow2", int.from_bytes(head[24:32], "big")
+    return ("raw", disk.size) if head else (None, None)

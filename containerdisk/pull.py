@@ -10,7 +10,7 @@ after which the consumer must discard what it wrote.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -140,7 +140,7 @@ class RegistryDisk:
             self.kind == "artifact" and not self._zstd and all(s.size >= 0 for s in self._segments)
         )
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The disk file's bytes in order; raises a containerdisk error at the first bad blob."""
         if self._consumed:
             raise UnsafeLayer(f"disk of {self.reference} was already read; open it again")

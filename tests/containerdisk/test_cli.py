@@ -96,3 +96,24 @@ def test_missing_volume_is_a_clear_error(tmp_path: Path) -> None:
     result = diskplane("push", "--volume", "default/nope", "127.0.0.1:1/x:v1", data_dir=tmp_path)
     assert result.returncode == 1
     assert "volume default/nope has no disk" in result.stderr
+
+
+def test_push_index_command(registry, raw_disk: Callable[..., Path], tmp_path: Path) -> None:
+    repo = f"{registry.host}/cli/multi"
+    for arch in ("amd64", "arm64"):
+        done = diskplane(
+            "push",
+            str(raw_disk(name=f"{arch}.raw")),
+            f"{repo}:{arch}",
+            "--raw",
+            "--platform",
+            f"linux/{arch}",
+            data_dir=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+    result = diskplane(
+        "push-index", f"{repo}:v1", f"{repo}:amd64", f"{repo}:arm64", data_dir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    inspected = diskplane("inspect", f"{repo}:v1", "--platform", "linux/arm64", data_dir=tmp_path)
+    assert json.loads(inspected.stdout)["indexDigest"] in result.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +43,31 @@ async def test_push_then_pull_is_byte_identical(
     if pushed.disk_format == "raw":
         assert out.read_bytes() == disk.read_bytes()
     else:
-        import subprocess
-
         subprocess.run(["qemu-img", "compare", "-q", str(disk), str(out)], check=True, timeout=60)
+
+
+async def test_multi_arch_index_picks_the_platform(
+    registry, raw_disk: Callable[..., Path], tmp_path: Path
+) -> None:
+    amd = raw_disk(2 * MiB, name="amd.raw", seed=1)
+    arm = raw_disk(2 * MiB, name="arm.raw", seed=2)
+    repo = f"{registry.host}/multi/disk"
+    async with RegistryClient() as client:
+        await client.push_disk(amd, f"{repo}:amd64", platform="linux/amd64", disk_format="keep")
+        await client.push_disk(arm, f"{repo}:arm64", platform="linux/arm64", disk_format="keep")
+        index_digest = await client.push_index(f"{repo}:v1", [f"{repo}:amd64", f"{repo}:arm64"])
+        image = await client.resolve(f"{repo}:v1", platform="linux/arm64")
+        assert image.index_digest == index_digest
+        await client.pull_disk(f"{repo}:v1", tmp_path / "arm.img", platform="linux/arm64")
+        await client.pull_disk(f"{repo}:v1", tmp_path / "amd.img", platform="linux/amd64")
+    assert (tmp_path / "arm.img").read_bytes() == arm.read_bytes()
+    assert (tmp_path / "amd.img").read_bytes() == amd.read_bytes()
+    inspect = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{repo}:v1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    platforms = [m["platform"]["architecture"] for m in json.loads(inspect.stdout)["manifests"]]
+    assert platforms == ["amd64", "arm64"]

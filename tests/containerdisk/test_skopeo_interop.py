@@ -128,3 +128,23 @@ async def test_we_pull_a_kubevirt_style_image_made_by_skopeo(
         assert hashlib.sha256(data).digest() == hashlib.sha256(qcow2).digest()
         await client.pull_disk(ref, tmp_path / "out.qcow2")
     assert (tmp_path / "out.qcow2").read_bytes() == qcow2
+
+
+async def test_inspect_reads_format_and_virtual_size_of_a_foreign_image(
+    registry, raw_disk: Callable[..., Path], tmp_path: Path
+) -> None:
+    qcow2 = make_qcow2(raw_disk(5 * MiB), tmp_path / "src.qcow2").read_bytes()
+    kubevirt_layout(tmp_path / "kv", qcow2)
+    ref = f"{registry.host}/kubevirt/inspect:latest"
+    skopeo(
+        "copy", *registry.skopeo_flags("dest"), f"oci:{tmp_path / 'kv'}:latest", f"docker://{ref}"
+    )
+    async with RegistryClient() as client:
+        info = await client.inspect(ref)
+    assert info["disk"] == {
+        "kind": "containerdisk",
+        "mediaType": info["layers"][0]["mediaType"],
+        "size": len(qcow2),
+        "format": "qcow2",
+        "virtualSize": 5 * MiB,
+    }
