@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--ca-file", type=Path, help="CA bundle for TLS")
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
     parser.add_argument("--concurrency", type=int, default=ImportSettings.concurrency)
+    parser.add_argument(
+        "--chunk-size", default="8Mi", help="bytes per ranged request and resume unit"
+    )
     parser.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
     parser.add_argument("--s3-endpoint", help="endpoint for s3:// URLs (any S3-compatible store)")
     parser.add_argument("--s3-region", help="S3 region")
@@ -113,7 +116,12 @@ def handle(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"diskplane import: {exc}", file=sys.stderr)
         return EXIT_FINAL
-    settings = replace(ImportSettings(), concurrency=max(1, args.concurrency))
+    try:
+        chunk = parse_quantity(args.chunk_size)
+    except ImportError as exc:
+        print(f"diskplane import: {exc}", file=sys.stderr)
+        return EXIT_FINAL
+    settings = replace(ImportSettings(), concurrency=max(1, args.concurrency), chunk_size=chunk)
     pool = VolumePool.for_data_dir(
         Path(args.data_dir), filesystem_overhead=settings.filesystem_overhead
     )

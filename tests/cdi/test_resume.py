@@ -1,0 +1,166 @@
+"""Resume: a cancelled or killed import continues where it stopped, fetching only the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cdi import (
+    Checksum,
+    ImportRequest,
+    ImportSettings,
+    MiB,
+    Progress,
+    SourceSpec,
+    VolumePool,
+    run_import,
+)
+from tests.cdi.conftest import make_base, same_disk
+from tests.support.http_server import Faults, FileServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def completed_ranges(server: FileServer) -> list[tuple[int, int | None]]:
+    return [r.range for r in server.log if r.method == "GET" and r.completed and r.range]
+
+
+async def cancel_after(
+    pool: VolumePool, request: ImportRequest, settings: ImportSettings, limit: int
+) -> None:
+    """Run an import and cancel it once ``limit`` source bytes have arrived."""
+    task: asyncio.Task[object] | None = None
+
+    def watch(p: Progress) -> None:
+        if p.source_bytes_read >= limit and task is not None:
+            task.cancel()
+
+    task = asyncio.create_task(
+        run_import(
+            pool, request, on_progress=watch, settings=replace(settings, progress_interval=0)
+        ),
+        name="import-to-cancel",
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.fixture
+def big(http_server: FileServer, tmp_path: Path) -> Path:
+    image = make_base(tmp_path / "big.raw", size=8 * MiB, seed=11)
+    (http_server.root / "big.raw").write_bytes(image.read_bytes())
+    return image
+
+
+@pytest.mark.parametrize("with_checksum", [False, True], ids=["plain", "checksum"])
+async def test_cancelled_import_resumes_fetching_only_the_rest(
+    http_server: FileServer,
+    pool: VolumePool,
+    settings: ImportSettings,
+    big: Path,
+    with_checksum: bool,
+) -> None:
+    import hashlib
+
+    checksum = (
+        Checksum("sha256", hashlib.sha256(big.read_bytes()).hexdigest()) if with_checksum else None
+    )
+    spec = SourceSpec(kind="http", url=http_server.url("big.raw"), checksum=checksum)
+    request = ImportRequest("ns", "d", 64 * MiB, spec)
+    one = replace(settings, concurrency=1)
+    await cancel_after(pool, request, one, 4 * MiB)
+    volume = pool.get("ns", "d")
+    assert volume.state() == "Importing"
+    assert not volume.disk_path.exists()
+    done = json.loads(volume.journal_path.read_text())["done"]
+    assert sum(end - start for start, end in done) >= 2 * MiB
+    http_server.clear_log()
+    result = await run_import(pool, request, settings=one)
+    assert result.resumed
+    assert same_disk(big, result.volume)
+    for first, last in completed_ranges(http_server)[1:]:  # [0] is the header probe
+        assert last is not None
+        assert not any(start <= first and last < end for start, end in done)
+    fetched = sum(r.bytes_sent for r in http_server.log if r.method == "GET")
+    assert fetched <= 5 * MiB + 64 * 1024
+    assert not result.volume.journal_path.exists()
+
+
+async def test_changed_source_starts_over(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, big: Path, tmp_path: Path
+) -> None:
+    spec = SourceSpec(kind="http", url=http_server.url("big.raw"))
+    request = ImportRequest("ns", "d", 64 * MiB, spec)
+    await cancel_after(pool, request, replace(settings, concurrency=1), 3 * MiB)
+    changed = make_base(tmp_path / "changed.raw", size=8 * MiB, seed=99)
+    (http_server.root / "big.raw").write_bytes(changed.read_bytes())
+    os.utime(http_server.root / "big.raw", (1_000_000, 1_000_000))
+    result = await run_import(pool, request, settings=settings)
+    assert not result.resumed
+    assert same_disk(changed, result.volume)
+
+
+def diskplane(data_dir: Path, url: str, *extra: str) -> subprocess.Popen[str]:
+    argv = [
+        sys.executable, "-m", "controllers.cli", "--data-dir", str(data_dir), "import", url,
+        "--volume", "ns/d", "--size", "64Mi", "--chunk-size", "1Mi", "--concurrency", "1", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_journal(journal: Path, min_bytes: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done = json.loads(journal.read_text())["done"]
+            total = sum(end - start for start, end in done)
+            if total >= min_bytes:
+                return total
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"journal {journal} never recorded {min_bytes} bytes")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_process_resumes_when_rerun(
+    http_server: FileServer, tmp_path: Path, big: Path, sig: signal.Signals
+) -> None:
+    # Every GET waits a little so the first run is still busy when it is killed.
+    http_server.set_faults("big.raw", Faults(stall_seconds=0.2))
+    data_dir = tmp_path / "data"
+    proc = diskplane(data_dir, http_server.url("big.raw"))
+    journal = data_dir / "volumes" / "ns" / "d" / "import.journal.json"
+    try:
+        done = wait_for_journal(journal, 2 * MiB)
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "resume" in err
+    assert journal.exists()
+    http_server.clear_faults()
+    http_server.clear_log()
+    rerun = diskplane(data_dir, http_server.url("big.raw"))
+    out, err = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, err
+    assert "resumed" in out
+    fetched = sum(r.bytes_sent for r in http_server.log if r.method == "GET")
+    assert fetched <= 8 * MiB - done + 64 * 1024
+    volume = VolumePool.for_data_dir(data_dir).get("ns", "d")
+    assert same_disk(big, volume)
