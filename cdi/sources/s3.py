@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore
 import botocore.exceptions
 from botocore.config import Config
 
@@ -106,7 +107,8 @@ class S3Source:
                 connect_timeout=self._settings.connect_timeout,
                 read_timeout=self._settings.read_timeout,
                 max_pool_connections=self._settings.concurrency + 2,
-                signature_version="s3v4",
+                # No keys: anonymous (public buckets), not the host's ambient credentials.
+                signature_version="s3v4" if self._keys[0] else botocore.UNSIGNED,
             )
             access, secret = self._keys
             self._client = boto3.session.Session().client(
