@@ -133,12 +133,13 @@ class ImportJob:
             await self._import(source)
             await self._finish()
         except FinalImportError:
+            await self._quiesce()
             self._discard()
             raise
         finally:
             await source.aclose()
+            await self._quiesce()
             self._close_writer()
-            self.executor.shutdown(wait=True, cancel_futures=True)
             shutil.rmtree(self.volume.workdir, ignore_errors=True)
         checksum = str(self.hasher.actual()) if self.hasher else None
         written = self.tracker.snapshot.bytes_written
@@ -458,6 +459,10 @@ class ImportJob:
             finally:
                 os.close(dir_fd)
         vol.journal_path.unlink(missing_ok=True)
+
+    async def _quiesce(self) -> None:
+        """Wait for decode threads still running after their task was cancelled."""
+        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
 
     def _close_writer(self) -> None:
         if self.writer is not None:
