@@ -98,6 +98,11 @@ class ProgressPrinter:
             self.stream.write("\r\x1b[K" + self._bar(p))
             self.stream.flush()
 
+    @property
+    def gap(self) -> str:
+        """A newline to end a live bar before another message."""
+        return "\n" if self.tty and self._phase else ""
+
     def _numbers(self, p: Progress) -> str:
         total = human(p.source_bytes_total) if p.source_bytes_total is not None else "?"
         return f"{human(p.source_bytes_read)} / {total} ({p.cdi_progress})"
@@ -129,14 +134,14 @@ def handle(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(run_import(pool, request, on_progress=printer, settings=settings))
     except RetryableImportError as exc:
-        print(f"\ndiskplane import: {exc} (run the same command again to resume)", file=sys.stderr)
+        print(f"{printer.gap}diskplane import: {exc} (run it again to resume)", file=sys.stderr)
         return EXIT_RETRYABLE
     except FinalImportError as exc:
-        print(f"\ndiskplane import: {exc}", file=sys.stderr)
+        print(f"{printer.gap}diskplane import: {exc}", file=sys.stderr)
         return EXIT_FINAL
     except KeyboardInterrupt:
         print(
-            "\ndiskplane import: interrupted; run the same command again to resume", file=sys.stderr
+            f"{printer.gap}diskplane import: interrupted; run it again to resume", file=sys.stderr
         )
         return 130
     _report(result)

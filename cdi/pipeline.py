@@ -33,6 +33,7 @@ from cdi.errors import (
     InvalidImage,
     VolumeBusy,
     VolumeExists,
+    VolumeNotFound,
 )
 from cdi.formats import qcow2
 from cdi.formats.detect import Format, detect_compression, detect_format
@@ -73,8 +74,13 @@ async def run_import(
 ) -> ImportResult:
     """Import ``request.source`` into its volume (created if missing); see docs/cdi.md."""
     settings = settings or ImportSettings()
-    volume = pool.create(request.namespace, request.name, request.size)
-    if volume.state() == "Ready" and not volume.is_block():
+    try:
+        volume = pool.get(request.namespace, request.name)
+        if not volume.is_block():
+            volume = pool.create(request.namespace, request.name, request.size)
+    except VolumeNotFound:
+        volume = pool.create(request.namespace, request.name, request.size)
+    if volume.state() == "Ready":
         raise VolumeExists(f"volume {volume.key} already holds an imported disk")
     with _volume_lock(volume):
         job = ImportJob(
