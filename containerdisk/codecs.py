@@ -58,17 +58,23 @@ class _QueueReader:
     def __init__(self, source: queue.Queue[bytes | None]) -> None:
         self._queue = source
         self._buffer = b""
+        self._pos = 0
         self._eof = False
 
     def read(self, size: int = -1) -> bytes:
-        while not self._buffer and not self._eof:
+        while self._pos >= len(self._buffer) and not self._eof:
             item = self._queue.get()
             if item is None:
                 self._eof = True
             else:
-                self._buffer = item
-        n = len(self._buffer) if size < 0 else size
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
+                self._buffer, self._pos = item, 0
+        available = len(self._buffer) - self._pos
+        n = available if size < 0 else min(size, available)
+        if self._pos == 0 and n == len(self._buffer):
+            out = self._buffer
+        else:
+            out = self._buffer[self._pos : self._pos + n]
+        self._pos += n
         return out
 
 
@@ -110,8 +116,13 @@ async def decompress(
 ) -> AsyncIterator[bytes]:
     """Decompress ``source`` in a worker thread, yielding pieces of at most 1 MiB."""
     if compression == "none":
-        async for chunk in source:
-            yield chunk
+        try:
+            async for chunk in source:
+                yield chunk
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
         return
     inbox: queue.Queue[bytes | None] = queue.Queue(maxsize=_INPUT_QUEUE)
     reader = _QueueReader(inbox)
@@ -149,6 +160,9 @@ async def decompress(
         if pending is not None and not pending.done():
             _unblock(inbox)
             await asyncio.wait({pending})
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()  # the source is ours to end, wherever the feeder stopped
 
 
 def _unblock(inbox: queue.Queue[bytes | None]) -> None:

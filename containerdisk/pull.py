@@ -145,13 +145,16 @@ class RegistryDisk:
         if self._consumed:
             raise UnsafeLayer(f"disk of {self.reference} was already read; open it again")
         self._consumed = True
-        async for piece in _checked_head(self._raw_chunks(), f"disk of {self.reference}"):
-            yield piece
-
-    async def _raw_chunks(self) -> AsyncIterator[bytes]:
-        if self._reader is not None:
-            async for piece in self._reader.disk_chunks():
+        checked = _checked_head(self._raw_chunks(), f"disk of {self.reference}")
+        async with contextlib.aclosing(checked):
+            async for piece in checked:
                 yield piece
+
+    async def _raw_chunks(self) -> AsyncGenerator[bytes, None]:
+        if self._reader is not None:
+            async with contextlib.aclosing(self._reader.disk_chunks()) as pieces:
+                async for piece in pieces:
+                    yield piece
             await self._reader.finish()
             return
         for seg in self._segments:
@@ -162,6 +165,7 @@ class RegistryDisk:
                     yield piece
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+                await source.aclose()  # type: ignore[attr-defined]
 
     async def read_range(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of an uncompressed artifact (unverified)."""
@@ -186,8 +190,16 @@ class RegistryDisk:
         self._closers.clear()
 
 
-async def _checked_head(source: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+async def _checked_head(
+    source: AsyncGenerator[bytes, None], what: str
+) -> AsyncGenerator[bytes, None]:
     """Hold back the first 512 bytes until the qcow2 header check passed."""
+    async with contextlib.aclosing(source):
+        async for piece in _held_head(source, what):
+            yield piece
+
+
+async def _held_head(source: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
     head = bytearray()
     checked = False
     async for piece in source:

@@ -108,7 +108,8 @@ async def pull_disk_to_file(
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            offset = await _stream_to_fd(disk.chunks(), fd, disk.size, progress)
+            async with contextlib.aclosing(disk.chunks()) as chunks:
+                offset = await _stream_to_fd(chunks, fd, disk.size, progress)
             await asyncio.to_thread(_finish_file, fd, offset)
         finally:
             os.close(fd)

@@ -9,8 +9,9 @@ anything but exactly one regular file under ``disk/`` (or the explicit path).
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from containerdisk.errors import UnsafeLayer
@@ -23,50 +24,57 @@ _REFUSED_KINDS = {ord("3"): "character device", ord("4"): "block device", ord("6
 
 
 class ByteStream:
-    """Exact-size reads over an async iterator of chunks."""
+    """Exact-size reads over an async iterator of chunks, copying as little as it can."""
 
     def __init__(self, source: AsyncIterator[bytes]) -> None:
         self._source = source
-        self._buffer = bytearray()
+        self._chunk = b""
+        self._pos = 0
         self._eof = False
 
     async def _fill(self) -> bool:
-        if self._eof:
-            return False
-        try:
-            self._buffer += await anext(self._source)
-        except StopAsyncIteration:
-            self._eof = True
-            return False
+        """Make bytes available; False at the end of the stream."""
+        while self._pos >= len(self._chunk):
+            if self._eof:
+                return False
+            try:
+                self._chunk, self._pos = await anext(self._source), 0
+            except StopAsyncIteration:
+                self._eof = True
+                return False
         return True
 
-    async def read_exact(self, n: int, what: str) -> bytes:
-        while len(self._buffer) < n:
-            if not await self._fill():
-                raise UnsafeLayer(f"layer ends inside {what}")
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return out
+    def _take(self, n: int) -> bytes:
+        take = min(n, len(self._chunk) - self._pos)
+        if self._pos == 0 and take == len(self._chunk):
+            piece = self._chunk
+        else:
+            piece = self._chunk[self._pos : self._pos + take]
+        self._pos += take
+        return piece
 
-    async def pieces(self, n: int, what: str) -> AsyncIterator[bytes]:
+    async def read_exact(self, n: int, what: str) -> bytes:
+        parts = [piece async for piece in self.pieces(n, what)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def pieces(self, n: int, what: str) -> AsyncGenerator[bytes, None]:
         """Yield exactly ``n`` bytes in the pieces they arrive in."""
         left = n
         while left:
-            if not self._buffer and not await self._fill():
+            if not await self._fill():
                 raise UnsafeLayer(f"layer ends inside {what}")
-            take = min(left, len(self._buffer))
-            yield bytes(self._buffer[:take])
-            del self._buffer[:take]
-            left -= take
+            piece = self._take(left)
+            left -= len(piece)
+            yield piece
 
     async def skip(self, n: int, what: str) -> None:
         async for _ in self.pieces(n, what):
             pass
 
     async def drain(self) -> None:
-        self._buffer.clear()
+        self._chunk, self._pos = b"", 0
         while await self._fill():
-            self._buffer.clear()
+            self._chunk, self._pos = b"", 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,12 +250,14 @@ class DiskTarReader:
         await self._bytes.drain()
         return None
 
-    async def disk_chunks(self) -> AsyncIterator[bytes]:
+    async def disk_chunks(self) -> AsyncGenerator[bytes, None]:
         """The disk file's bytes, right after :meth:`find_disk` returned it."""
         if self.disk is None:
             raise UnsafeLayer("layer has no disk entry to read")
-        async for piece in self._bytes.pieces(self.disk.size, f"disk file {self.disk_name!r}"):
-            yield piece
+        pieces = self._bytes.pieces(self.disk.size, f"disk file {self.disk_name!r}")
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                yield piece
         await self._bytes.skip(-self.disk.size % BLOCK, "the disk's padding")
 
     async def finish(self) -> None:

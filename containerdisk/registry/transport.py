@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -35,6 +34,7 @@ from containerdisk.registry.auth import Authenticator, Credentials, resolve_cred
 MiB = 1024 * 1024
 _ERROR_BODY_LIMIT = 4096
 _INLINE_BODY_LIMIT = 512 * 1024
+_BODY_SLICE = 1024 * 1024
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -349,8 +349,10 @@ class Transport:
         what: str,
     ) -> aiohttp.ClientResponse:
         data = body() if callable(body) else body
-        if isinstance(data, bytes) and len(data) > _INLINE_BODY_LIMIT:
-            data = io.BytesIO(data)  # aiohttp streams a file-like in pieces
+        if isinstance(data, bytes):
+            headers = {**headers, "Content-Length": str(len(data))}
+            if len(data) > _INLINE_BODY_LIMIT:
+                data = _slices(data)  # written straight to the socket, no executor hops
         async with translate_errors(what):
             try:
                 resp = await self.session.request(method, url, headers=headers, data=data, ssl=tls)
@@ -363,6 +365,12 @@ class Transport:
             resp.release()
             raise _Retry(f"HTTP {resp.status}", retry_after)
         return resp
+
+
+async def _slices(data: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), _BODY_SLICE):
+        yield view[start : start + _BODY_SLICE]
 
 
 def _retry_after(value: str | None) -> float | None:
