@@ -1,0 +1,190 @@
+"""The DataVolume reconciler on the embedded store with the real import pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdi import ImportSettings, VolumePool
+from controllers.api import DATAVOLUME, EVENT
+from controllers.errors import NotFound
+from controllers.reconcile import Controller, EventRecorder
+from controllers.reconcilers import FINALIZER, DataVolumeReconciler, requested_size
+from controllers.reconcilers.local_importer import LocalImporter
+from controllers.store import EmbeddedStore, WatchEvent
+from tests.support.http_server import Faults, FileServer
+
+PHASE_TIMEOUT = 60.0
+MiB = 1 << 20
+
+
+@dataclass
+class Stack:
+    store: EmbeddedStore
+    pool: VolumePool
+    controller: Controller
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    store = await EmbeddedStore.open(tmp_path)
+    pool = VolumePool.for_data_dir(tmp_path)
+    importer = LocalImporter(pool, ImportSettings(progress_interval=0.01), max_restarts=1)
+    reconciler = DataVolumeReconciler(store, importer, EventRecorder(store))
+    controller = Controller("datavolumes", store, DATAVOLUME, reconciler)
+    importer.set_listener(controller.enqueue)
+    task = asyncio.create_task(controller.run(), name="dv-controller")
+    try:
+        yield Stack(store, pool, controller)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await importer.close()
+        await store.close()
+
+
+def dv(name: str, source: dict[str, Any], size: str = "64Mi") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"source": source, "storage": {"resources": {"requests": {"storage": size}}}},
+    }
+
+
+async def statuses_until(
+    store: EmbeddedStore, name: str, phases: set[str], rv: str = ""
+) -> list[dict[str, Any]]:
+    """Every status the DataVolume shows until its phase is one of ``phases``."""
+    seen: list[dict[str, Any]] = []
+
+    async def follow() -> None:
+        event: WatchEvent
+        async for event in store.watch(DATAVOLUME, "default", rv):
+            if event.object["metadata"]["name"] != name:
+                continue
+            status = event.object.get("status") or {}
+            seen.append(status)
+            if status.get("phase") in phases:
+                return
+
+    await asyncio.wait_for(follow(), PHASE_TIMEOUT)
+    return seen
+
+
+async def recorded_event(store: EmbeddedStore, name: str, reason: str) -> dict[str, Any]:
+    """The Event with ``reason`` about DataVolume ``name``, once it is recorded."""
+
+    async def follow() -> dict[str, Any]:
+        async for event in store.watch(EVENT, "default"):
+            obj = event.object
+            if obj["involvedObject"]["name"] == name and obj["reason"] == reason:
+                return obj
+        raise AssertionError("the store closed the watch")
+
+    return await asyncio.wait_for(follow(), PHASE_TIMEOUT)
+
+
+def write_disk(root: Path, name: str, size: int) -> str:
+    data = os.urandom(size)
+    (root / name).write_bytes(data)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def test_http_import_succeeds_with_progress_and_events(
+    stack: Stack, http_server: FileServer
+) -> None:
+    checksum = write_disk(http_server.root, "disk.raw", 48 * MiB)
+    source = {"http": {"url": http_server.url("disk.raw"), "checksum": checksum}}
+    created = await stack.store.create(DATAVOLUME, dv("web", source))
+    seen = await statuses_until(
+        stack.store, "web", {"Succeeded", "Failed"}, created["metadata"]["resourceVersion"]
+    )
+    final = seen[-1]
+    assert final["phase"] == "Succeeded", final
+    assert final["progress"] == "100.0%"
+    assert final["claimName"] == "web"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in final["conditions"]}
+    assert conditions == {
+        "Bound": ("True", "Bound"),
+        "Running": ("False", "Completed"),
+        "Ready": ("True", ""),
+    }
+    phases = [s.get("phase") for s in seen if s.get("phase")]
+    assert "ImportInProgress" in phases
+    percents = [
+        float(s["progress"].rstrip("%"))
+        for s in seen
+        if s.get("phase") == "ImportInProgress" and s.get("progress", "N/A") != "N/A"
+    ]
+    assert percents == sorted(percents)
+    volume = stack.pool.get("default", "web")
+    assert volume.capacity == requested_size(dv("web", source)["spec"])
+    served = (http_server.root / "disk.raw").read_bytes()
+    assert volume.disk_path.read_bytes()[: len(served)] == served  # raw grows to the volume
+    current = await stack.store.get(DATAVOLUME, "default", "web")
+    assert FINALIZER in current["metadata"]["finalizers"]
+    succeeded = await recorded_event(stack.store, "web", "ImportSucceeded")
+    assert succeeded["message"] == "Successfully imported into PVC web"
+    await recorded_event(stack.store, "web", "ImportScheduled")
+
+
+async def test_bad_checksum_fails_with_the_reason(stack: Stack, http_server: FileServer) -> None:
+    write_disk(http_server.root, "disk.raw", 4 * MiB)
+    source = {"http": {"url": http_server.url("disk.raw"), "checksum": "sha256:" + "0" * 64}}
+    await stack.store.create(DATAVOLUME, dv("bad", source))
+    final = (await statuses_until(stack.store, "bad", {"Succeeded", "Failed"}))[-1]
+    assert final["phase"] == "Failed"
+    running = next(c for c in final["conditions"] if c["type"] == "Running")
+    assert running["reason"] == "ChecksumError"
+    assert running["message"]
+    failed = await recorded_event(stack.store, "bad", "ImportFailed")
+    assert failed["type"] == "Warning"
+
+
+async def test_blank_then_delete_removes_the_volume(stack: Stack) -> None:
+    await stack.store.create(DATAVOLUME, dv("blank", {"blank": {}}, "16Mi"))
+    final = (await statuses_until(stack.store, "blank", {"Succeeded", "Failed"}))[-1]
+    assert final["phase"] == "Succeeded", final
+    assert stack.pool.get("default", "blank").disk_path.exists()
+    listing = await stack.store.list(DATAVOLUME, "default")
+    await stack.store.delete(DATAVOLUME, "default", "blank")
+    await statuses_until_deleted(stack.store, "blank", listing.resource_version)
+    with pytest.raises(NotFound):
+        await stack.store.get(DATAVOLUME, "default", "blank")
+    assert not (stack.pool.root / "default" / "blank").exists()
+
+
+async def test_delete_mid_import_cancels_the_job(stack: Stack, http_server: FileServer) -> None:
+    write_disk(http_server.root, "slow.raw", 4 * MiB)
+    http_server.set_faults("slow.raw", Faults(stall_seconds=5))
+    await stack.store.create(DATAVOLUME, dv("slow", {"http": {"url": http_server.url("slow.raw")}}))
+    await statuses_until(stack.store, "slow", {"ImportInProgress"})
+    listing = await stack.store.list(DATAVOLUME, "default")
+    await stack.store.delete(DATAVOLUME, "default", "slow")
+    await statuses_until_deleted(stack.store, "slow", listing.resource_version)
+    assert not (stack.pool.root / "default" / "slow").exists()
+
+
+async def statuses_until_deleted(store: EmbeddedStore, name: str, rv: str) -> None:
+    async def follow() -> None:
+        async for event in store.watch(DATAVOLUME, "default", rv):
+            if event.object["metadata"]["name"] == name and event.type == "DELETED":
+                return
+
+    await asyncio.wait_for(follow(), PHASE_TIMEOUT)
+
+
+def test_requested_size_follows_cdi() -> None:
+    storage = {"storage": {"resources": {"requests": {"storage": "1Gi"}}}}
+    assert requested_size(storage) == math.ceil(1024 * MiB * 1.06)
+    pvc = {"pvc": {"resources": {"requests": {"storage": "1Gi"}}}}
+    assert requested_size(pvc) == 1024 * MiB
+    block = {"storage": {"volumeMode": "Block", "resources": {"requests": {"storage": "1Gi"}}}}
+    assert requested_size(block) == 1024 * MiB
