@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ from containerdisk.registry.upload import (
 
 PushFormat = Literal["containerdisk", "artifact"]
 DiskFormatPolicy = Literal["qcow2", "keep"]
+SEND_QUEUE_BLOCKS = 6  # compressed blocks (<= 4 MiB each) waiting for the sender
 UPLOAD_RESTARTS = 2  # a dead upload session (e.g. a cut PATCH) restarts the blob this often
 _READ_PIECE = 4 * 1024 * 1024
 
@@ -123,6 +124,43 @@ def containerdisk_layer_type(compression: Compression) -> str:
     ]
 
 
+class _BackgroundSink:
+    """Feeds a sink from its own task, so hashing the next blocks overlaps a PATCH in flight."""
+
+    def __init__(self, sink: Callable[[bytes], Awaitable[None]]) -> None:
+        self._sink = sink
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE_BLOCKS)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _BackgroundSink:
+        self._task = asyncio.create_task(self._run(), name="containerdisk-upload-sender")
+        return self
+
+    async def _run(self) -> None:
+        while (data := await self._queue.get()) is not None:
+            await self._sink(data)
+
+    async def write(self, data: bytes | None) -> None:
+        assert self._task is not None
+        put = asyncio.ensure_future(self._queue.put(data))
+        await asyncio.wait({put, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():  # the sender failed; its error wins
+            put.cancel()
+            await self._task
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        assert self._task is not None
+        try:
+            if exc_type is None:
+                await self.write(None)
+                await self._task
+        finally:
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+
 async def _stream_to_registry(
     transport: Transport,
     ref: Reference,
@@ -138,9 +176,10 @@ async def _stream_to_registry(
         )
         await upload.start()
         try:
-            result = await stream_disk_blob(
-                path, compression=compression, tar=tar, sink=upload.write, progress=progress
-            )
+            async with _BackgroundSink(upload.write) as sink:
+                result = await stream_disk_blob(
+                    path, compression=compression, tar=tar, sink=sink.write, progress=progress
+                )
             await upload.finish(result.digest)
             return result, upload.patches
         except UploadFailed:

@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,6 +156,10 @@ async def test_plain_http_needs_insecure_for_a_non_local_registry(
 # -- segments and dedup --------------------------------------------------------------------
 
 
+def manifest_put(tag: str) -> Callable[[Any], bool]:
+    return lambda r: r.method == "PUT" and r.path.endswith(f"/manifests/{tag}")
+
+
 @pytest.mark.parametrize("compression", ["none", "zstd"])
 async def test_repush_of_a_changed_disk_uploads_only_changed_segments(
     registry, raw_disk: Callable[..., Path], tmp_path: Path, compression: str
@@ -167,11 +172,14 @@ async def test_repush_of_a_changed_disk_uploads_only_changed_segments(
         with disk.open("r+b") as f:  # change one byte in segment 2
             f.seek(5 * MiB + 17)
             f.write(b"\xff")
+        # The access log is written after each answer: wait for the push's last request.
+        await asyncio.to_thread(registry.wait_for_request, manifest_put("v1"))
         before = len(registry.blob_uploads("seg/disk"))
         second = await client.push_disk(
             disk, f"{registry.host}/seg/disk:v2", format="artifact", compression=compression
         )
         assert (second.uploaded_blobs, second.skipped_blobs) == (1, 4)
+        await asyncio.to_thread(registry.wait_for_request, manifest_put("v2"))
         uploads = registry.blob_uploads("seg/disk")[before:]
         assert [r.method for r in uploads] == ["POST", "PUT"]  # one segment, nothing else
         out = tmp_path / "v2.img"
