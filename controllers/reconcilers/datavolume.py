@@ -17,10 +17,13 @@ from controllers.api.kinds import DATAVOLUME
 from controllers.errors import NotFound
 from controllers.reconcile.controller import Result
 from controllers.reconcile.events import EventKind, EventRecorder
+from controllers.reconcilers.claims import ensure_claim, owned_by
 from controllers.reconcilers.importer import Importer, ImportJob, ImportState, ImportStatus, Key
 from controllers.store.protocol import Object, Store
 
 FINALIZER = "diskplane.io/datavolume"
+# How long to wait before looking again at a claim some other owner holds.
+CLAIM_RECHECK_S = 30.0
 # CDI's default filesystem overhead for `spec.storage` requests on Filesystem volumes.
 FILESYSTEM_OVERHEAD = 0.06
 MiB = 1 << 20
@@ -48,26 +51,40 @@ def requested_size(spec: dict[str, Any], overhead: float = FILESYSTEM_OVERHEAD) 
 def set_condition(
     conditions: list[dict[str, Any]], type_: str, status: str, reason: str = "", message: str = ""
 ) -> list[dict[str, Any]]:
-    """``conditions`` with ``type_`` set; lastTransitionTime moves only when status changes."""
+    """``conditions`` with ``type_`` set; lastTransitionTime moves only when status changes.
+
+    Empty reason/message are left out: kube-apiserver 1.20 turns ``""`` inside a
+    merge-patched list into null and then rejects it as not a string.
+    """
     now = now_rfc3339()
-    old = next((c for c in conditions if c.get("type") == type_), None)
-    changed = old is None or old.get("status") != status
-    entry = {
+    old = next((c for c in conditions if c.get("type") == type_), {})
+    changed = old.get("status") != status
+    entry: dict[str, Any] = {
         "type": type_,
         "status": status,
-        "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),  # type: ignore[union-attr]
+        "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
         "lastHeartbeatTime": now,
-        "reason": reason,
-        "message": message,
     }
-    if not changed and all(old.get(k) == entry[k] for k in ("reason", "message")):  # type: ignore[union-attr]
-        entry["lastHeartbeatTime"] = old.get("lastHeartbeatTime", now)  # type: ignore[union-attr]
+    if reason:
+        entry["reason"] = reason
+    if message:
+        entry["message"] = message
+    if not changed and all(old.get(k) == entry.get(k) for k in ("reason", "message")):
+        entry["lastHeartbeatTime"] = old.get("lastHeartbeatTime", now)
     return [c for c in conditions if c.get("type") != type_] + [entry]
 
 
 class DataVolumeReconciler:
-    def __init__(self, store: Store, importer: Importer, recorder: EventRecorder) -> None:
+    def __init__(
+        self,
+        store: Store,
+        importer: Importer,
+        recorder: EventRecorder,
+        *,
+        bind_claims_locally: bool = True,
+    ) -> None:
         self.store, self.importer, self.recorder = store, importer, recorder
+        self.bind_claims_locally = bind_claims_locally
 
     async def reconcile(self, key: Key) -> Result:
         try:
@@ -84,20 +101,31 @@ class DataVolumeReconciler:
         status = dv.get("status") or {}
         if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
             return Result()
+        size = requested_size(dv["spec"])
+        claim = await ensure_claim(self.store, dv, size, self.bind_claims_locally)
+        if not owned_by(claim, dv):
+            await self.recorder.record(
+                dv,
+                EventKind.WARNING,
+                "ErrResourceExists",
+                f'Resource "{md["name"]}" already exists and is not managed by DataVolume',
+            )
+            return Result(requeue_after=CLAIM_RECHECK_S)
+        bound = (claim.get("status") or {}).get("phase") == "Bound"
         source = dv["spec"].get("source") or {}
         if "upload" in source:
-            await self._publish(dv, Phase.UPLOAD_READY, ImportStatus(ImportState.SCHEDULED))
+            await self._publish(dv, Phase.UPLOAD_READY, ImportStatus(ImportState.SCHEDULED), bound)
             return Result()
         job = ImportJob(
             namespace=md.get("namespace") or "default",
             name=md["name"],
             uid=md["uid"],
-            size=requested_size(dv["spec"]),
+            size=size,
             source=source,
             preallocation=bool(dv["spec"].get("preallocation", False)),
         )
         state = await self.importer.ensure(job)
-        await self._publish(dv, _PHASES[state.state], state)
+        await self._publish(dv, _PHASES[state.state], state, bound)
         return Result()
 
     async def _finalize(self, dv: Object) -> None:
@@ -107,13 +135,16 @@ class DataVolumeReconciler:
             md["finalizers"] = [f for f in md["finalizers"] if f != FINALIZER]
             await self.store.update(DATAVOLUME, dv)
 
-    def _status(self, dv: Object, phase: Phase, state: ImportStatus) -> dict[str, Any]:
+    def _status(self, dv: Object, phase: Phase, state: ImportStatus, bound: bool) -> dict[str, Any]:
         name = dv["metadata"]["name"]
         old = dv.get("status") or {}
         conditions = list(old.get("conditions") or [])
-        conditions = set_condition(
-            conditions, Cond.BOUND, ConditionStatus.TRUE, "Bound", f"PVC {name} Bound"
+        claim = (
+            (ConditionStatus.TRUE, "Bound", f"PVC {name} Bound")
+            if bound
+            else (ConditionStatus.FALSE, "Pending", f"PVC {name} Pending")
         )
+        conditions = set_condition(conditions, Cond.BOUND, *claim)
         if phase == Phase.SUCCEEDED:
             running = (ConditionStatus.FALSE, "Completed", "Import Complete")
             ready = (ConditionStatus.TRUE, "", "")
@@ -136,9 +167,9 @@ class DataVolumeReconciler:
             "conditions": conditions,
         }
 
-    async def _publish(self, dv: Object, phase: Phase, state: ImportStatus) -> None:
+    async def _publish(self, dv: Object, phase: Phase, state: ImportStatus, bound: bool) -> None:
         old = dv.get("status") or {}
-        new = self._status(dv, phase, state)
+        new = self._status(dv, phase, state, bound)
         if _same(old, new):
             return
         md = dv["metadata"]

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import math
 import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +15,15 @@ from typing import Any
 import pytest
 
 from cdi import ImportSettings, VolumePool
-from controllers.api import DATAVOLUME, EVENT
+from controllers.api import DATAVOLUME, EVENT, NAMESPACE, PERSISTENTVOLUMECLAIM
 from controllers.errors import NotFound
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers import FINALIZER, DataVolumeReconciler, requested_size
 from controllers.reconcilers.local_importer import LocalImporter
 from controllers.store import EmbeddedStore, WatchEvent
+from controllers.store.kubernetes import KubernetesStore
 from tests.support.http_server import Faults, FileServer
+from tests.support.kube import KubeCluster
 
 PHASE_TIMEOUT = 60.0
 MiB = 1 << 20
@@ -110,7 +113,7 @@ async def test_http_import_succeeds_with_progress_and_events(
     assert final["phase"] == "Succeeded", final
     assert final["progress"] == "100.0%"
     assert final["claimName"] == "web"
-    conditions = {c["type"]: (c["status"], c["reason"]) for c in final["conditions"]}
+    conditions = {c["type"]: (c["status"], c.get("reason", "")) for c in final["conditions"]}
     assert conditions == {
         "Bound": ("True", "Bound"),
         "Running": ("False", "Completed"),
@@ -153,11 +156,17 @@ async def test_blank_then_delete_removes_the_volume(stack: Stack) -> None:
     final = (await statuses_until(stack.store, "blank", {"Succeeded", "Failed"}))[-1]
     assert final["phase"] == "Succeeded", final
     assert stack.pool.get("default", "blank").disk_path.exists()
+    claim = await stack.store.get(PERSISTENTVOLUMECLAIM, "default", "blank")
+    owner = claim["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("DataVolume", "blank", True)
+    assert claim["status"]["phase"] == "Bound"
     listing = await stack.store.list(DATAVOLUME, "default")
     await stack.store.delete(DATAVOLUME, "default", "blank")
     await statuses_until_deleted(stack.store, "blank", listing.resource_version)
     with pytest.raises(NotFound):
         await stack.store.get(DATAVOLUME, "default", "blank")
+    with pytest.raises(NotFound):  # the claim went with its owner
+        await stack.store.get(PERSISTENTVOLUMECLAIM, "default", "blank")
     assert not (stack.pool.root / "default" / "blank").exists()
 
 
@@ -188,3 +197,62 @@ def test_requested_size_follows_cdi() -> None:
     assert requested_size(pvc) == 1024 * MiB
     block = {"storage": {"volumeMode": "Block", "resources": {"requests": {"storage": "1Gi"}}}}
     assert requested_size(block) == 1024 * MiB
+
+
+@pytest.mark.kube
+async def test_on_kubernetes_the_datavolume_owns_a_pvc(
+    tmp_path: Path, kube_cluster: KubeCluster
+) -> None:
+    store = KubernetesStore.from_kubeconfig(str(kube_cluster.kubeconfig), kube_cluster.context)
+    importer = LocalImporter(VolumePool.for_data_dir(tmp_path))
+    reconciler = DataVolumeReconciler(
+        store, importer, EventRecorder(store), bind_claims_locally=False
+    )
+    controller = Controller("datavolumes", store, DATAVOLUME, reconciler)
+    importer.set_listener(controller.enqueue)
+    namespace = f"dv-{uuid.uuid4().hex[:8]}"
+    await store.create(NAMESPACE, {"metadata": {"name": namespace}})
+    task = asyncio.create_task(controller.run(), name="dv-controller-kube")
+    try:
+        blank = dv("blank", {"blank": {}}, "16Mi")
+        blank["metadata"]["namespace"] = namespace
+        await store.create(DATAVOLUME, blank)
+
+        async def until(predicate: Any) -> None:
+            listing = await store.list(DATAVOLUME, namespace)
+            if any(predicate(o) for o in listing.items):
+                return
+            async for event in store.watch(DATAVOLUME, namespace, listing.resource_version):
+                if predicate(event.object):
+                    return
+
+        await asyncio.wait_for(
+            until(lambda o: (o.get("status") or {}).get("phase") == "Succeeded"), PHASE_TIMEOUT
+        )
+        claim = await store.get(PERSISTENTVOLUMECLAIM, namespace, "blank")
+        assert claim["metadata"]["ownerReferences"][0]["kind"] == "DataVolume"
+        assert claim["spec"]["resources"]["requests"]["storage"] == str(
+            requested_size(blank["spec"])
+        )
+        current = await store.get(DATAVOLUME, namespace, "blank")
+        bound = next(c for c in current["status"]["conditions"] if c["type"] == "Bound")
+        assert bound["status"] == "False"  # no provisioner in the test cluster: Pending
+        listing = await store.list(PERSISTENTVOLUMECLAIM, namespace)
+        await store.delete(DATAVOLUME, namespace, "blank")
+
+        async def claim_gone() -> None:
+            async for event in store.watch(
+                PERSISTENTVOLUMECLAIM, namespace, listing.resource_version
+            ):
+                if event.type == "DELETED":
+                    return
+
+        await asyncio.wait_for(claim_gone(), PHASE_TIMEOUT)
+        with pytest.raises(NotFound):
+            await store.get(DATAVOLUME, namespace, "blank")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await importer.close()
+        await store.delete(NAMESPACE, "", namespace)
+        await store.close()
