@@ -1,0 +1,239 @@
+"""Benchmark: ``diskplane import`` of a qcow2 over HTTP against the CDI path and its peers.
+
+Not a test. One run generates a qcow2 (``--size`` virtual, about half of it
+allocated with incompressible data), serves it with ``busybox httpd`` (a fast
+C server with Range support), and times, best of ``--runs``, each ending with
+its output fsync'd:
+
+  (a) diskplane import URL                      (our pipeline)
+  (b) curl -o file URL; qemu-img convert; sync  (CDI's scratch path)
+  (c) nbdkit curl + qemu-img convert; sync      (the streaming peer)
+  (d) qemu-img convert from a local copy; sync  (the floor)
+
+then prints the ratios a/b, a/c, a/d, the peak RSS of (a), and S3 import
+throughput (moto_server) with concurrency 1 vs the default.
+
+    .venv/bin/python bench/import.py [--size 4Gi] [--runs 3] [--s3-size 512Mi]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+MiB = 1 << 20
+
+
+def quantity(text: str) -> int:
+    units = {"Gi": 1 << 30, "Mi": 1 << 20}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_qcow2(work: Path, size: int) -> Path:
+    """``size`` virtual, every other MiB random (about 50 % allocated)."""
+    raw = work / "src.raw"
+    with raw.open("wb") as handle:
+        handle.truncate(size)
+        for offset in range(0, size, 2 * MiB):
+            handle.seek(offset)
+            handle.write(os.urandom(MiB))
+    qcow2 = work / "src.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+    raw.unlink()
+    return qcow2
+
+
+@contextlib.contextmanager
+def busybox_httpd(root: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(["busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", str(root)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def timed(
+    argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one command."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed with exit code {proc.returncode}")
+    return time.monotonic() - started, usage.ru_maxrss * 1024
+
+
+def sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def diskplane_import(
+    url: str, work: Path, size: int, run: int, extra: list[str] | None = None
+) -> tuple[float, int]:
+    data = work / "dp-data"
+    shutil.rmtree(data, ignore_errors=True)
+    capacity = str(int(size / 0.94) + 64 * MiB)
+    argv = [str(VENV_BIN / "diskplane"), "--data-dir", str(data), "import", url,
+            "--volume", f"bench/run{run}", "--size", capacity, *(extra or [])]  # fmt: skip
+    seconds, rss = timed(argv)
+    shutil.rmtree(data, ignore_errors=True)
+    return seconds, rss
+
+
+def cdi_path(url: str, work: Path) -> float:
+    started = time.monotonic()
+    scratch, out = work / "scratch.qcow2", work / "out-b.raw"
+    subprocess.run(["curl", "-sf", "-o", str(scratch), url], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(scratch), str(out)], check=True
+    )
+    sync_file(out)
+    seconds = time.monotonic() - started
+    scratch.unlink()
+    out.unlink()
+    return seconds
+
+
+def nbdkit_path(url: str, work: Path) -> float:
+    out = work / "out-c.raw"
+    started = time.monotonic()
+    script = f'qemu-img convert -f qcow2 -O raw "$uri" {out}'
+    subprocess.run(["nbdkit", "-U", "-", "-r", "curl", f"url={url}", "--run", script], check=True)
+    sync_file(out)
+    seconds = time.monotonic() - started
+    out.unlink()
+    return seconds
+
+
+def floor_path(local: Path, work: Path) -> float:
+    out = work / "out-d.raw"
+    started = time.monotonic()
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(local), str(out)], check=True
+    )
+    sync_file(out)
+    seconds = time.monotonic() - started
+    out.unlink()
+    return seconds
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def s3_throughput(work: Path, size: int, runs: int) -> dict[int, float]:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    raw = work / "s3.raw"
+    with raw.open("wb") as handle:
+        for _ in range(size // MiB):
+            handle.write(os.urandom(MiB))
+    results: dict[int, float] = {}
+    with moto_server() as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k",
+                              aws_secret_access_key="s", region_name="us-east-1")  # fmt: skip
+        client.create_bucket(Bucket="bench")
+        client.upload_file(
+            str(raw), "bench", "disk.raw", Config=TransferConfig(multipart_chunksize=64 * MiB)
+        )
+        url = "s3://bench/disk.raw"
+        for concurrency in (1, 4):
+            extra = ["--s3-endpoint", endpoint, "--concurrency", str(concurrency)]
+            best = min(diskplane_import(url, work, size, i, extra)[0] for i in range(runs))
+            results[concurrency] = size / best / 1e6
+    raw.unlink()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="4Gi", help="virtual size of the qcow2 (default 4Gi)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--s3-size", default="512Mi", help="raw object for the S3 run (0: skip)")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args()
+    size = quantity(args.size)
+    work = Path(tempfile.mkdtemp(prefix="diskplane-bench-", dir=args.work_dir))
+    try:
+        serve = work / "www"
+        serve.mkdir()
+        qcow2 = make_qcow2(serve, size)
+        print(f"image: {qcow2.stat().st_size / MiB:.0f} MiB qcow2, {size / MiB:.0f} MiB virtual")
+        with busybox_httpd(serve) as base:
+            url = f"{base}/{qcow2.name}"
+            a_runs = [diskplane_import(url, work, size, i) for i in range(args.runs)]
+            a, rss = min(t for t, _ in a_runs), max(r for _, r in a_runs)
+            b = min(cdi_path(url, work) for _ in range(args.runs))
+            c = min(nbdkit_path(url, work) for _ in range(args.runs))
+        d = min(floor_path(qcow2, work) for _ in range(args.runs))
+        print(f"(a) diskplane import      {a:7.2f} s  peak RSS {rss / MiB:.0f} MiB")
+        print(f"(b) curl + qemu-img (CDI) {b:7.2f} s")
+        print(f"(c) nbdkit curl + convert {c:7.2f} s")
+        print(f"(d) local qemu-img floor  {d:7.2f} s")
+        print(
+            f"a/b {a / b:.2f} (target <= 0.7)  a/c {a / c:.2f} (<= 1.0)  a/d {a / d:.2f} (<= 1.3)"
+        )
+        s3_size = quantity(args.s3_size)
+        if s3_size:
+            s3 = s3_throughput(work, s3_size, args.runs)
+            print(f"S3 raw import {s3_size / MiB:.0f} MiB: concurrency 1 {s3[1]:.0f} MB/s, "
+                  f"concurrency 4 {s3[4]:.0f} MB/s")  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
