@@ -232,6 +232,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
+    from controllers import up
+
+    up.register(subparsers)
     p = subparsers.add_parser("apply", help="create or update resources from YAML/JSON")
     p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or -")
     _common(p)
