@@ -185,6 +185,8 @@ async def _run(
         "setupTimeMs": info.get("setup-time"),
         "transferredBytes": ram.get("transferred"),
         "ramTotalBytes": ram.get("total"),
+        "dirtySyncCount": ram.get("dirty-sync-count"),
+        "dirtyPagesRate": ram.get("dirty-pages-rate"),
         "mirroredDisks": [a.disk.name for a in copy],
         "bandwidthLimit": bandwidth,
         "downtimeLimitMs": downtime,
