@@ -25,13 +25,15 @@ from containerdisk.registry.transport import Transport
 Progress = Callable[[str, int, int | None], None]
 
 
-_ZEROS = bytes(1024 * 1024)
+_ZEROS = bytes(4 * 1024 * 1024)
 WRITE_QUEUE = 8  # pieces (<= 1 MiB each) waiting for the writer thread
 
 
 def _is_zero(piece: bytes) -> bool:
-    if len(piece) == len(_ZEROS):
-        return piece == _ZEROS  # memcmp
+    if piece[:1] != b"\0" or piece[-1:] != b"\0":
+        return False  # most data pieces end here
+    if len(piece) <= len(_ZEROS):
+        return piece == _ZEROS[: len(piece)]  # memcmp
     return piece.count(0) == len(piece)
 
 
