@@ -8,6 +8,7 @@ from typing import TextIO
 
 BAR_WIDTH = 30
 REDRAW_INTERVAL = 0.2  # seconds between terminal redraws
+MIN_RATE_WINDOW = 0.5  # seconds of data before a rate (and ETA) is shown
 
 
 def _human(n: float) -> str:
@@ -46,8 +47,8 @@ class ProgressDisplay:
 
     def line(self, now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
-        elapsed = max(now - self._started, 1e-6)
-        rate = self._done / elapsed
+        elapsed = now - self._started
+        rate = self._done / elapsed if elapsed >= MIN_RATE_WINDOW else 0.0
         text = f"{self._phase}: {_human(self._done)}"
         if self._total:
             frac = min(1.0, self._done / self._total)
@@ -57,8 +58,9 @@ class ProgressDisplay:
                 f"{self._phase} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {frac:6.1%} "
                 f"{_human(self._done)}/{_human(self._total)}"
             )
-            text += f" {_human(rate)}/s ETA {eta:4.0f}s"
-        else:
+            if rate:
+                text += f" {_human(rate)}/s ETA {eta:4.0f}s"
+        elif rate:
             text += f" {_human(rate)}/s"
         return text
 

@@ -271,6 +271,7 @@ def test_progress_bar_on_a_terminal() -> None:
     out = io.StringIO()
     display = ProgressDisplay(out, tty=True)
     display("upload", 50, 100)
+    display._started -= 1.0  # as if a second had passed
     display("upload", 100, 100)
     display.finish()
     text = out.getvalue()
