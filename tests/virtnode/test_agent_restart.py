@@ -96,6 +96,11 @@ async def _run_scenario(
     paused = await api(session, "PUT", vm_url(agent, "vm-a") + "/pause")
     assert paused["vmi"]["status"]["printableStatus"] == "Paused"
     await api(session, "PUT", vm_url(agent, "vm-a") + "/unpause")
+    # Hard reset: the guest boots again (the backlog already holds the first boot).
+    await api(session, "PUT", vm_url(agent, "vm-a") + "/reset")
+    await console_until(
+        session, vm_url(agent, "vm-a") + "/console", r"BOOTED[\s\S]*BOOTED[\s\S]*tick 2 "
+    )
 
     # A crash (QEMU killed) is Failed on the event stream within about a second.
     events = sse_events(session, agent.url + "/v1/events")

@@ -24,7 +24,7 @@ from tests.virtnode.conftest import (
     qemu_uid,
     vmi_object,
 )
-from virtnode import NodeAgent, Phase, VmStateError
+from virtnode import DiskError, NodeAgent, Phase, VmStateError
 from virtnode.tinyguest import TinyGuest
 from virtnode.volumeops import add_volume, commit, mirror, remove_volume, resize, snapshot
 
@@ -127,6 +127,13 @@ async def test_second_boot_reads_marker_then_live_operations(
     copied = (agent.settings.volumes / "default" / "pvc-copy" / "disk.img").read_bytes()[:64]
     assert copied.startswith(b"DISKPLANE-MARKER count=2")
 
+    # soft reboot: power button, the guest powers off, the agent resets instead of ending.
+    await vm.soft_reboot()
+    pos = await console.wait_for("DISKPLANE-GUEST BOOTED", since=pos, limit=BOOT_TIMEOUT)
+    await console.wait_for(re.compile(rb"tick 2 disks=vda\r?\n"), since=pos, limit=BOOT_TIMEOUT)
+    assert vm.phase is Phase.RUNNING
+    assert not vm.paused
+
     # graceful stop: the guest answers the ACPI power button well within the grace period.
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -135,3 +142,20 @@ async def test_second_boot_reads_marker_then_live_operations(
     assert "DISKPLANE-GUEST POWER-BUTTON" in console.text()
     assert vm.phase is Phase.SUCCEEDED
     assert vm.reason == "GuestShutdown"
+
+
+async def test_create_with_missing_volume_fails_cleanly(
+    agent: NodeAgent, tiny_guest: TinyGuest
+) -> None:
+    obj = vmi_object(
+        "vm3",
+        tiny_guest,
+        volumes=[{"name": "root", "persistentVolumeClaim": {"claimName": "absent"}}],
+    )
+    with pytest.raises(DiskError, match=r"volume default/absent .* has no disk"):
+        await agent.create(obj)
+    vm = agent.get("default", "vm3")
+    assert vm.phase is Phase.FAILED
+    assert vm.reason == "FailedCreate"
+    assert vm.identity is None
+    assert list(agent.settings.run_dir.iterdir()) == []
