@@ -140,24 +140,36 @@ class RegistryDisk:
             self.kind == "artifact" and not self._zstd and all(s.size >= 0 for s in self._segments)
         )
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The disk file's bytes in order; raises a containerdisk error at the first bad blob."""
+    async def chunks(self, start: int = 0) -> AsyncGenerator[bytes, None]:
+        """The disk file's bytes from ``start`` on, in order; a bad blob raises at its end.
+
+        ``start`` resumes an earlier read: segments of an artifact that end before it
+        are not fetched again (they were verified by that read); anything else is
+        streamed and verified from its beginning, and the bytes before ``start``
+        dropped.
+        """
         if self._consumed:
             raise UnsafeLayer(f"disk of {self.reference} was already read; open it again")
         self._consumed = True
-        checked = _checked_head(self._raw_chunks(), f"disk of {self.reference}")
-        async with contextlib.aclosing(checked):
-            async for piece in checked:
-                yield piece
+        skipped = [s for s in self._segments if 0 <= s.offset + s.size <= start and s.size >= 0]
+        position = sum(s.size for s in skipped)
+        raw = self._raw_chunks(len(skipped))
+        source = _checked_head(raw, f"disk of {self.reference}") if position == 0 else raw
+        async with contextlib.aclosing(source):
+            async for piece in source:
+                end = position + len(piece)
+                if end > start:
+                    yield piece if position >= start else piece[start - position :]
+                position = end
 
-    async def _raw_chunks(self) -> AsyncGenerator[bytes, None]:
+    async def _raw_chunks(self, first_segment: int = 0) -> AsyncGenerator[bytes, None]:
         if self._reader is not None:
             async with contextlib.aclosing(self._reader.disk_chunks()) as pieces:
                 async for piece in pieces:
                     yield piece
             await self._reader.finish()
             return
-        for seg in self._segments:
+        for seg in self._segments[first_segment:]:
             source = blob_chunks(self._transport, self.reference, seg.desc)
             stream = decompress(source, "zstd" if self._zstd else "none")
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Callable
@@ -71,3 +72,25 @@ async def test_multi_arch_index_picks_the_platform(
     )
     platforms = [m["platform"]["architecture"] for m in json.loads(inspect.stdout)["manifests"]]
     assert platforms == ["amd64", "arm64"]
+
+
+@pytest.mark.parametrize("fmt", ["containerdisk", "artifact"])
+async def test_chunks_resume_from_an_offset(
+    registry, raw_disk: Callable[..., Path], fmt: str
+) -> None:
+    disk = raw_disk(6 * MiB, dense_fraction=1.0)
+    ref = f"{registry.host}/resume/{fmt}:v1"
+    settings = RegistrySettings(segment_size=2 * MiB)
+    start = 4 * MiB + 100
+    async with RegistryClient(settings=settings) as client:
+        await client.push_disk(disk, ref, format=fmt, disk_format="keep", compression="none")
+        await asyncio.to_thread(registry.wait_for_request, lambda r: "manifests" in r.path)
+        before = len(registry.requests())
+        async with client.open_disk(ref) as opened:
+            tail = b"".join([c async for c in opened.chunks(start=start)])
+    assert tail == disk.read_bytes()[start:]
+    blob_gets = [
+        r for r in registry.requests()[before:] if r.method == "GET" and "/blobs/" in r.path
+    ]
+    # An artifact fetches only the segment holding the offset; a containerDisk's one layer.
+    assert len(blob_gets) == 1
