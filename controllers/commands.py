@@ -15,7 +15,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from controllers import cli_output, manifests
-from controllers.api.kinds import EVENT, ResourceKind, kind_by_name
+from controllers.api.kinds import (
+    EVENT,
+    VIRTUALMACHINE,
+    VIRTUALMACHINEINSTANCE,
+    ResourceKind,
+    kind_by_name,
+)
 from controllers.errors import Conflict, ControllersError, NotFound, StoreError
 from controllers.store.embedded import EmbeddedStore
 from controllers.store.protocol import EventType, Object, Store
@@ -222,6 +228,47 @@ async def delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- start / stop / restart ------------------------------------------------
+
+
+async def _set_run_strategy(args: argparse.Namespace, strategy: str) -> None:
+    async with open_store(args) as store:
+        for _ in range(APPLY_CONFLICT_RETRIES):
+            vm = await store.get(VIRTUALMACHINE, args.namespace, args.name)
+            if vm["spec"].get("runStrategy") == strategy:
+                break
+            vm["spec"]["runStrategy"] = strategy
+            vm["spec"].pop("running", None)
+            try:
+                await store.update(VIRTUALMACHINE, vm)
+                break
+            except Conflict:
+                continue
+
+
+async def start(args: argparse.Namespace) -> int:
+    await _set_run_strategy(args, "Always")
+    print(f"VM {args.name} was scheduled to start")
+    return 0
+
+
+async def stop(args: argparse.Namespace) -> int:
+    await _set_run_strategy(args, "Halted")
+    print(f"VM {args.name} was scheduled to stop")
+    return 0
+
+
+async def restart(args: argparse.Namespace) -> int:
+    async with open_store(args) as store:
+        await store.get(VIRTUALMACHINE, args.namespace, args.name)
+        try:
+            await store.delete(VIRTUALMACHINEINSTANCE, args.namespace, args.name)
+        except NotFound:
+            pass  # not running: the controller starts it per runStrategy
+    print(f"VM {args.name} was scheduled to restart")
+    return 0
+
+
 # -- parser --------------------------------------------------------------
 
 
@@ -269,3 +316,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=DELETE_WAIT_S, help="seconds to wait")
     _common(p)
     p.set_defaults(handler=_run(delete))
+
+    for verb, fn, text in (
+        ("start", start, "start a VirtualMachine (runStrategy Always)"),
+        ("stop", stop, "stop a VirtualMachine (runStrategy Halted)"),
+        ("restart", restart, "restart a VirtualMachine (its VMI is replaced)"),
+    ):
+        p = subparsers.add_parser(verb, help=text)
+        p.add_argument("name", help="VirtualMachine name")
+        _common(p)
+        p.set_defaults(handler=_run(fn))

@@ -1,7 +1,8 @@
 """``diskplane up``: the embedded stack in one process, state in the data dir.
 
-Today it runs the embedded store and the DataVolume controller with the
-in-process importer (volumes under ``<data_dir>/volumes``). The importer
+Today it runs the embedded store, the DataVolume controller with the
+in-process importer (volumes under ``<data_dir>/volumes``) and the
+VirtualMachine controller (DataVolumes and VMIs per runStrategy). The importer
 service, the node agent and the VM controllers join here as they land. A
 Lease in the store makes a second ``up`` on the same data dir wait instead of
 reconciling twice. SIGINT/SIGTERM stop it cleanly; restarting keeps every
@@ -19,10 +20,11 @@ import socket
 import sys
 from typing import Any
 
-from controllers.api.kinds import DATAVOLUME
+from controllers.api.kinds import DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers.datavolume import DataVolumeReconciler
 from controllers.reconcilers.local_importer import LocalImporter
+from controllers.reconcilers.virtualmachine import VirtualMachineReconciler
 from controllers.store.embedded import EmbeddedStore
 from controllers.store.leader import LeaderElector
 
@@ -33,9 +35,18 @@ LEASE_NAMESPACE = "diskplane-system"
 async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     store = await EmbeddedStore.open(args.data_dir)
     importer = LocalImporter.for_data_dir(args.data_dir)
-    reconciler = DataVolumeReconciler(store, importer, EventRecorder(store))
-    controller = Controller("datavolumes", store, DATAVOLUME, reconciler)
+    recorder = EventRecorder(store)
+    controller = Controller(
+        "datavolumes", store, DATAVOLUME, DataVolumeReconciler(store, importer, recorder)
+    )
     importer.set_listener(controller.enqueue)
+    vms = Controller(
+        "virtualmachines",
+        store,
+        VIRTUALMACHINE,
+        VirtualMachineReconciler(store, recorder),
+        owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
+    )
     identity = f"{socket.gethostname()}-{os.getpid()}"
     elector = LeaderElector(store, LEASE_NAME, identity, LEASE_NAMESPACE)
     leading = asyncio.Event()
@@ -48,9 +59,13 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():
                 print("diskplane up: controllers running; Ctrl-C stops", flush=True)
-                runner = group.create_task(controller.run(), name="up-datavolume-controller")
+                runners = [
+                    group.create_task(controller.run(), name="up-datavolume-controller"),
+                    group.create_task(vms.run(), name="up-virtualmachine-controller"),
+                ]
                 await stopping
-                runner.cancel()
+                for runner in runners:
+                    runner.cancel()
             waiting.cancel()
             campaign.cancel()
     finally:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controllers.api import DATAVOLUME
+from controllers.api import DATAVOLUME, VIRTUALMACHINE
 from controllers.store import EmbeddedStore
 from tests.controllers.test_cli import EXAMPLES, LineReader, diskplane
 
@@ -72,5 +72,60 @@ def test_up_imports_a_blank_datavolume_and_survives_a_restart(tmp_path: Path) ->
         deleted = diskplane(tmp_path, "delete", "dv", "scratch", "--timeout", "30")
         assert deleted.returncode == 0, deleted.stderr
         assert not (tmp_path / "volumes" / "default" / "scratch").exists()
+    finally:
+        assert stop(process) == 0
+
+
+async def wait_vm(data_dir: Path, name: str, printable: str) -> None:
+    store = await EmbeddedStore.open(data_dir)
+    try:
+
+        async def follow() -> None:
+            async for event in store.watch(VIRTUALMACHINE, "default"):
+                status = event.object.get("status") or {}
+                if event.object["metadata"]["name"] == name and (
+                    status.get("printableStatus") == printable
+                ):
+                    return
+
+        await asyncio.wait_for(follow(), PHASE_TIMEOUT)
+    finally:
+        await store.close()
+
+
+VM_YAML = """
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: tiny
+spec:
+  runStrategy: Always
+  dataVolumeTemplates:
+    - metadata: {name: tiny-root}
+      spec:
+        source: {blank: {}}
+        storage: {resources: {requests: {storage: 16Mi}}}
+  template:
+    spec:
+      domain:
+        devices:
+          disks: [{name: root, disk: {bus: virtio}}]
+      volumes: [{name: root, dataVolume: {name: tiny-root}}]
+"""
+
+
+def test_up_runs_vms_and_the_cli_stops_and_starts_them(tmp_path: Path) -> None:
+    process, _ = start_up(tmp_path)
+    try:
+        applied = diskplane(tmp_path, "apply", "-f", "-", stdin=VM_YAML)
+        assert applied.returncode == 0, applied.stderr
+        asyncio.run(wait_vm(tmp_path, "tiny", "Starting"))  # no node agent yet: no Running
+        assert diskplane(tmp_path, "stop", "tiny").returncode == 0
+        asyncio.run(wait_vm(tmp_path, "tiny", "Stopped"))
+        assert diskplane(tmp_path, "get", "vmi", "-o", "name").stdout == ""
+        assert diskplane(tmp_path, "start", "tiny").returncode == 0
+        asyncio.run(wait_vm(tmp_path, "tiny", "Starting"))
+        table = diskplane(tmp_path, "get", "vm", "tiny").stdout.splitlines()
+        assert table[1].split()[2] == "Starting"
     finally:
         assert stop(process) == 0
