@@ -28,7 +28,8 @@ from virtnode.errors import (
 from virtnode.qmp import QmpEvent, QmpSession, QmpState
 from virtnode.settings import AgentSettings, QmpTimeouts
 from virtnode.spec import VmiSpec, parse_vmi
-from virtnode.vm import AccelInfo, Phase, VirtualMachine
+from virtnode.vm import VirtualMachine
+from virtnode.vmtypes import AccelInfo, Phase
 
 __all__ = [
     "AccelInfo",

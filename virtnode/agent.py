@@ -24,7 +24,8 @@ from virtnode.ownership import qemu_run_as
 from virtnode.rundir import RunDir, existing_run_dirs
 from virtnode.settings import ACCEL_ENV, AgentSettings
 from virtnode.spec import parse_vmi
-from virtnode.vm import AccelInfo, NodeContext, VirtualMachine
+from virtnode.vm import NodeContext, VirtualMachine
+from virtnode.vmtypes import AccelInfo
 
 log = logging.getLogger(__name__)
 

@@ -60,39 +60,7 @@ def build_argv(
     options: LaunchOptions,
 ) -> list[str]:
     """The full QEMU command line for ``spec`` (QEMU starts paused and daemonizes)."""
-    cpu = spec.cpu
-    argv = [
-        options.emulator,
-        "-name",
-        f"guest={opt_value(spec.namespace)}_{opt_value(spec.name)}",
-        "-machine",
-        "q35",
-        *options.accel_args,
-        "-smp",
-        f"{cpu.vcpus},sockets={cpu.sockets},cores={cpu.cores},threads={cpu.threads}",
-        "-m",
-        f"{spec.memory_bytes // 2**20}M",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        # Keep QEMU alive after guest poweroff so the agent sees SHUTDOWN even
-        # if it was down at that moment (query-status says "shutdown").
-        "-no-shutdown",
-        "-S",
-        "-chardev",
-        f"socket,id=qmp,path={opt_value(str(paths.qmp_socket))},server=on,wait=off",
-        "-mon",
-        "chardev=qmp,mode=control",
-        "-chardev",
-        f"socket,id=serial0,path={opt_value(str(paths.serial_socket))},server=on,wait=off,"
-        f"logfile={opt_value(str(paths.serial_log))},logappend=on",
-        "-device",
-        "isa-serial,chardev=serial0",
-        "-pidfile",
-        str(paths.pidfile),
-        "-daemonize",
-    ]
+    argv = [options.emulator, *_machine(spec, options), *_control(paths)]
     argv += _ports(options.hotplug_ports)
     if any(a.disk.bus == "scsi" for a in disks):
         argv += ["-device", _json({"driver": "virtio-scsi-pci", "id": SCSI_CONTROLLER_ID})]
@@ -109,6 +77,36 @@ def build_argv(
     if options.incoming:
         argv += ["-incoming", "defer"]
     return argv
+
+
+def _machine(spec: VmiSpec, options: LaunchOptions) -> list[str]:
+    cpu = spec.cpu
+    return [
+        *("-name", f"guest={opt_value(spec.namespace)}_{opt_value(spec.name)}"),
+        *("-machine", "q35", *options.accel_args),
+        *("-smp", f"{cpu.vcpus},sockets={cpu.sockets},cores={cpu.cores},threads={cpu.threads}"),
+        *("-m", f"{spec.memory_bytes // 2**20}M"),
+        *("-nodefaults", "-no-user-config", "-display", "none"),
+        # Keep QEMU alive after guest poweroff so the agent sees SHUTDOWN even
+        # if it was down at that moment (query-status says "shutdown").
+        "-no-shutdown",
+        "-S",
+    ]
+
+
+def _control(paths: LaunchPaths) -> list[str]:
+    """QMP and serial console on unix sockets (console also logged), daemonized."""
+    qmp = opt_value(str(paths.qmp_socket))
+    serial = opt_value(str(paths.serial_socket))
+    log = opt_value(str(paths.serial_log))
+    return [
+        *("-chardev", f"socket,id=qmp,path={qmp},server=on,wait=off"),
+        *("-mon", "chardev=qmp,mode=control"),
+        "-chardev",
+        f"socket,id=serial0,path={serial},server=on,wait=off,logfile={log},logappend=on",
+        *("-device", "isa-serial,chardev=serial0"),
+        *("-pidfile", str(paths.pidfile), "-daemonize"),
+    ]
 
 
 def _ports(count: int) -> list[str]:

@@ -36,7 +36,8 @@ from virtnode.disks import volume_path
 from virtnode.errors import MigrationError, QmpError, SpecError, VirtnodeError, VmStateError
 from virtnode.qmp import QmpEvent
 from virtnode.spec import parse_vmi
-from virtnode.vm import Phase, VirtualMachine
+from virtnode.vm import VirtualMachine
+from virtnode.vmtypes import Phase
 
 if TYPE_CHECKING:
     from virtnode.agent import NodeAgent
@@ -132,52 +133,21 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any = 
 async def _run(
     vm: VirtualMachine, prepared: dict[str, Any], copy: list[AttachedDisk], body: dict[str, Any]
 ) -> dict[str, Any]:
-    settings = vm.settings
-    jobs = []
+    jobs: list[tuple[str, str]] = []
     try:
         for attached in copy:
             jobs.append(await _start_mirror(vm, attached, prepared["nbd"]))
-        bandwidth = int(body.get("maxBandwidth", settings.migration_max_bandwidth))
-        downtime = int(body.get("downtimeLimitMs", settings.migration_downtime_limit_ms))
-        caps = [{"capability": "events", "state": True}]
-        await vm.execute("migrate-set-capabilities", {"capabilities": caps})
-        params = {"max-bandwidth": bandwidth, "downtime-limit": downtime}
-        await vm.execute("migrate-set-parameters", params)
-        started = time.monotonic()
-
-        def finished(event: QmpEvent) -> bool:
-            return event.name == "MIGRATION" and event.data.get("status") in (
-                "completed",
-                "failed",
-                "cancelled",
-            )
-
-        try:
-            event = await vm.wait_event(
-                finished,
-                settings.migration_timeout,
-                lambda: vm.execute("migrate", {"uri": prepared["migrationUri"]}),
-            )
-        except TimeoutError as exc:
-            with contextlib.suppress(QmpError):
-                await vm.execute("migrate_cancel")
-            raise MigrationError(
-                f"migration of VM {vm.key} did not finish in {settings.migration_timeout:g} s"
-            ) from exc
-        wall = time.monotonic() - started
-        info = await vm.execute("query-migrate")
-        if event.data.get("status") != "completed":
-            raise MigrationError(
-                f"migration of VM {vm.key} ended {event.data.get('status')}: "
-                f"{info.get('error-desc', 'no detail')}"
-            )
-        for job in jobs:
-            await _end_mirror(vm, job)
-        jobs.clear()
+        limits = await _set_parameters(vm, body)
+        info, wall = await _migrate_ram(vm, str(prepared["migrationUri"]))
+        while jobs:
+            await _end_mirror(vm, jobs[0])
+            jobs.pop(0)
     finally:
-        for job in jobs:
+        for job_id, node in jobs:  # only left on failure
             with contextlib.suppress(VirtnodeError):
-                await vm.execute("block-job-cancel", {"device": job[0], "force": True})
+                await vm.execute("block-job-cancel", {"device": job_id, "force": True})
+            with contextlib.suppress(VirtnodeError):
+                await vm.execute("blockdev-del", {"node-name": node})
     ram = info.get("ram", {})
     return {
         "totalTimeMs": info.get("total-time") or round(wall * 1000),
@@ -188,9 +158,46 @@ async def _run(
         "dirtySyncCount": ram.get("dirty-sync-count"),
         "dirtyPagesRate": ram.get("dirty-pages-rate"),
         "mirroredDisks": [a.disk.name for a in copy],
-        "bandwidthLimit": bandwidth,
-        "downtimeLimitMs": downtime,
+        **limits,
     }
+
+
+async def _set_parameters(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, int]:
+    """Migration events on; bandwidth and downtime limits from the request or settings."""
+    settings = vm.settings
+    bandwidth = int(body.get("maxBandwidth", settings.migration_max_bandwidth))
+    downtime = int(body.get("downtimeLimitMs", settings.migration_downtime_limit_ms))
+    caps = [{"capability": "events", "state": True}]
+    await vm.execute("migrate-set-capabilities", {"capabilities": caps})
+    await vm.execute(
+        "migrate-set-parameters", {"max-bandwidth": bandwidth, "downtime-limit": downtime}
+    )
+    return {"bandwidthLimit": bandwidth, "downtimeLimitMs": downtime}
+
+
+async def _migrate_ram(vm: VirtualMachine, uri: str) -> tuple[dict[str, Any], float]:
+    """``migrate`` and wait for the end; returns ``query-migrate`` and the wall time."""
+    limit = vm.settings.migration_timeout
+
+    def finished(event: QmpEvent) -> bool:
+        status = event.data.get("status")
+        return event.name == "MIGRATION" and status in ("completed", "failed", "cancelled")
+
+    started = time.monotonic()
+    try:
+        event = await vm.wait_event(finished, limit, lambda: vm.execute("migrate", {"uri": uri}))
+    except TimeoutError as exc:
+        with contextlib.suppress(QmpError):
+            await vm.execute("migrate_cancel")
+        raise MigrationError(f"migration of VM {vm.key} did not finish in {limit:g} s") from exc
+    wall = time.monotonic() - started
+    info: dict[str, Any] = await vm.execute("query-migrate")
+    if event.data.get("status") != "completed":
+        raise MigrationError(
+            f"migration of VM {vm.key} ended {event.data.get('status')}: "
+            f"{info.get('error-desc', 'no detail')}"
+        )
+    return info, wall
 
 
 async def _start_mirror(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,7 +33,9 @@ from virtnode.qmp import QmpEvent, QmpSession
 from virtnode.rundir import RunDir
 from virtnode.settings import AgentSettings
 from virtnode.spec import VmiSpec
-from virtnode.vmstate import restore_disks
+from virtnode.vmstate import restore_disks, state_of
+from virtnode.vmstatus import printable_status, render_status
+from virtnode.vmtypes import AccelInfo, Phase
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +43,6 @@ Publish = Callable[[dict[str, Any]], None]
 LatencyObserver = Callable[[str, float], None]
 # After QEMU exits, how long the monitor waits for the last QMP events to drain.
 EVENT_DRAIN_TIMEOUT = 1.0
-
-
-class Phase(enum.StrEnum):
-    PENDING = "Pending"
-    SCHEDULED = "Scheduled"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-
-@dataclasses.dataclass(frozen=True)
-class AccelInfo:
-    accel: str
-    reason: str
-    qemu_args: tuple[str, ...]
 
 
 @dataclasses.dataclass
@@ -97,10 +83,10 @@ class VirtualMachine:
         self._monitor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown_seen = asyncio.Event()
-        self._stop_requested = False
+        self.stop_requested = False
         self._soft_reboot = False
         self._incoming = False
-        self._accel = ctx.accel
+        self.accel = ctx.accel
         self.event_waiters: list[Callable[[QmpEvent], None]] = []
 
     @property
@@ -114,47 +100,10 @@ class VirtualMachine:
     # ----- status -------------------------------------------------------------------
 
     def printable_status(self) -> str:
-        if self.phase is Phase.RUNNING:
-            if self.extra.get("migrating"):
-                return "Migrating"
-            if self._stop_requested:
-                return "Stopping"
-            return "Paused" if self.paused else "Running"
-        return {
-            Phase.PENDING: "Provisioning",
-            Phase.SCHEDULED: "Starting",
-            Phase.SUCCEEDED: "Stopped",
-            Phase.FAILED: "Failed",
-        }[self.phase]
+        return printable_status(self)
 
     def status(self) -> dict[str, Any]:
-        running = self.phase is Phase.RUNNING
-        conditions = [
-            _condition("Ready", running and not self.paused, "" if running else self.phase.value),
-            _condition("Paused", self.paused, "PausedByUser" if self.paused else ""),
-        ]
-        if self._accel.accel == "tcg":
-            conditions.append(_condition("SoftwareEmulation", True, "TCG"))
-        return {
-            "phase": self.phase.value,
-            "printableStatus": self.printable_status(),
-            "reason": self.reason,
-            "message": self.message,
-            "nodeName": self.settings.node_name,
-            "conditions": conditions,
-            "accelerator": {"name": self._accel.accel, "reason": self._accel.reason},
-            "qemu": {"pid": self.identity.pid if self.identity else None},
-            "volumeStatus": [
-                {
-                    "name": name,
-                    "target": a.device_id,
-                    "phase": "Ready",
-                    **({"hotplugVolume": {}} if name in self.hotplugged else {}),
-                }
-                for name, a in self.disks.items()
-            ],
-            **self.extra,
-        }
+        return render_status(self)
 
     def to_object(self) -> dict[str, Any]:
         obj = dict(self.obj)
@@ -209,7 +158,7 @@ class VirtualMachine:
         self.disks = {a.disk.name: a for a in attached}
         spec = await asyncio.to_thread(stage_kernel, self.spec, run, ctx.run_as)
         options = LaunchOptions(
-            accel_args=self._accel.qemu_args,
+            accel_args=self.accel.qemu_args,
             emulator=ctx.settings.emulator,
             hotplug_ports=ctx.settings.hotplug_ports,
             incoming=self._incoming,
@@ -257,37 +206,13 @@ class VirtualMachine:
         self.finished.set()
 
     def save_state(self) -> None:
-        assert self.identity is not None
-        state = {
-            "pid": self.identity.pid,
-            "startTicks": self.identity.start_ticks,
-            "accel": {
-                "name": self._accel.accel,
-                "reason": self._accel.reason,
-                "args": list(self._accel.qemu_args),
-            },
-            "disks": {
-                name: {
-                    "path": str(a.path),
-                    "format": a.format,
-                    "readonly": a.readonly,
-                    "port": a.port,
-                    "sataUnit": a.sata_unit,
-                    "generation": a.generation,
-                }
-                for name, a in self.disks.items()
-            },
-            "hotplugged": self.hotplugged,
-            "snapshots": self.snapshots,
-            "startedAt": self.started_at,
-        }
-        self.run.write_json(self.run.state_file, state)
+        self.run.write_json(self.run.state_file, state_of(self))
 
     async def adopt(self, state: Mapping[str, Any]) -> None:
         """Re-attach to a QEMU started by an earlier agent; report it if it died meanwhile."""
         self.identity = ProcessIdentity(int(state["pid"]), int(state["startTicks"]))
         accel = state.get("accel", {})
-        self._accel = AccelInfo(
+        self.accel = AccelInfo(
             accel=str(accel.get("name", "tcg")),
             reason=str(accel.get("reason", "")),
             qemu_args=tuple(accel.get("args", ())),
@@ -379,7 +304,7 @@ class VirtualMachine:
     async def _on_exit(self) -> None:
         await self._detach()
         self.run.remove()
-        if self._shutdown_seen.is_set() or self._stop_requested:
+        if self._shutdown_seen.is_set() or self.stop_requested:
             reason = "GuestShutdown" if self._shutdown_seen.is_set() else "Stopped"
             self._set_phase(Phase.SUCCEEDED, reason, "")
         elif self.extra.get("migrationState", {}).get("completed"):
@@ -505,7 +430,7 @@ class VirtualMachine:
         """Graceful stop: powerdown, wait ``grace`` for SHUTDOWN, then quit, then kill."""
         if self.finished.is_set():
             return
-        self._stop_requested = True
+        self.stop_requested = True
         self._publish_phase()
         limit = self.spec.grace_period_s if grace is None else grace
         identity = self.identity
@@ -529,7 +454,3 @@ class VirtualMachine:
             return True
         except TimeoutError:
             return False
-
-
-def _condition(kind: str, status: bool, reason: str) -> dict[str, Any]:
-    return {"type": kind, "status": "True" if status else "False", "reason": reason}

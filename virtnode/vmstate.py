@@ -1,13 +1,16 @@
-"""Rebuild a VM's attached disks from ``state.json`` when re-adopting it."""
+"""``state.json``: what a VM records for re-adoption, and rebuilding its disks from it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtnode.blockdev import AttachedDisk
 from virtnode.spec import Disk, VmiSpec, parse_disk
+
+if TYPE_CHECKING:
+    from virtnode.vm import VirtualMachine
 
 
 def restore_disks(spec: VmiSpec, state: Mapping[str, Any]) -> dict[str, AttachedDisk]:
@@ -31,3 +34,31 @@ def restore_disks(spec: VmiSpec, state: Mapping[str, Any]) -> dict[str, Attached
             generation=int(entry.get("generation", 0)),
         )
     return out
+
+
+def state_of(vm: VirtualMachine) -> dict[str, Any]:
+    """What ``state.json`` records so a restarted agent can re-adopt ``vm``."""
+    assert vm.identity is not None
+    return {
+        "pid": vm.identity.pid,
+        "startTicks": vm.identity.start_ticks,
+        "accel": {
+            "name": vm.accel.accel,
+            "reason": vm.accel.reason,
+            "args": list(vm.accel.qemu_args),
+        },
+        "disks": {
+            name: {
+                "path": str(a.path),
+                "format": a.format,
+                "readonly": a.readonly,
+                "port": a.port,
+                "sataUnit": a.sata_unit,
+                "generation": a.generation,
+            }
+            for name, a in vm.disks.items()
+        },
+        "hotplugged": vm.hotplugged,
+        "snapshots": vm.snapshots,
+        "startedAt": vm.started_at,
+    }
