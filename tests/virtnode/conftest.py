@@ -16,9 +16,9 @@ import pytest
 from virtnode import AccelInfo, AgentSettings, NodeAgent
 from virtnode.accel import AccelChoice
 from virtnode.process import kill
-from virtnode.tinyguest import TinyGuest, kernel_cmdline
+from virtnode.tinyguest import READY_LINE, TinyGuest, kernel_cmdline
 
-READY = "DISKPLANE-GUEST READY"
+READY = READY_LINE
 # How long a TCG boot of the tiny guest may take to print a line (4 s typical).
 BOOT_TIMEOUT = 60.0
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -102,6 +103,9 @@ async def _run_scenario(
         session, vm_url(agent, "vm-a") + "/console", r"BOOTED[\s\S]*BOOTED[\s\S]*tick 2 "
     )
 
+    # `diskplane console` streams the same console and detaches on Ctrl-].
+    await _cli_console(agent, "vm-b")
+
     # A crash (QEMU killed) is Failed on the event stream within about a second.
     events = sse_events(session, agent.url + "/v1/events")
     assert (await anext(events))["type"] == "subscribed"
@@ -131,3 +135,30 @@ async def _run_scenario(
     assert 'diskplane_vmis{phase="Failed"} 1' in metrics
     await api(session, "DELETE", vm_url(agent, "vm-a"))
     await api(session, "GET", vm_url(agent, "vm-a"), expect=404)
+
+
+async def _cli_console(agent: AgentProcess, name: str) -> None:
+    argv = [sys.executable, "-m", "controllers.cli", "console", name, "--agent", agent.url]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            seen = b""
+            while b"tick" not in seen:
+                chunk = await proc.stdout.read(4096)
+                assert chunk, seen[-300:]
+                seen += chunk
+            proc.stdin.write(b"\x1d")
+            await proc.stdin.drain()
+            await proc.stdout.read()
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
