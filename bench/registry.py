@@ -165,8 +165,8 @@ def kubevirt_layout(disk: Path, layout: Path) -> None:
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
 
 
-def run(argv: list[str], cwd: Path | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MiB) of one process."""
+def run(argv: list[str], cwd: Path | None = None) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of one process."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -178,7 +178,7 @@ def run(argv: list[str], cwd: Path | None = None) -> tuple[float, int]:
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed: {err_buf.getvalue().decode()[-800:]}")
-    return elapsed, usage.ru_maxrss // 1024
+    return elapsed, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
 
 
 ORAS_SCRIPT = textwrap.dedent("""
@@ -194,7 +194,7 @@ ORAS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def bench(size_mib: int, with_oras: bool) -> dict[str, dict[str, float]]:
+def bench(size_mib: int, with_oras: bool, repeat: int) -> dict[str, dict[str, float]]:
     work = Path(tempfile.mkdtemp(prefix="diskplane-bench-", dir=os.environ.get("BENCH_DIR")))
     diskplane = [PY, "-m", "controllers.cli", "--data-dir", str(work / "data")]
     skopeo = ["skopeo", "--insecure-policy", "copy"]
@@ -212,15 +212,17 @@ def bench(size_mib: int, with_oras: bool) -> dict[str, dict[str, float]]:
         return host
 
     def record(name: str, argv: list[str], cwd: Path | None = None) -> None:
-        t, rss = run(argv, cwd)
-        results[name] = {"seconds": t, "rss_mib": rss}
-        print(f"  {name}: {t:.2f} s, {rss} MiB", file=sys.stderr, flush=True)
+        t, rss, cpu = run(argv, cwd)
+        best = results.get(name)
+        if best is None or t < best["seconds"]:  # best of --repeat runs: noise only adds
+            results[name] = {"seconds": t, "rss_mib": rss, "cpu_seconds": cpu}
+        print(f"  {name}: {t:.2f} s, {rss} MiB, {cpu:.2f} s CPU", file=sys.stderr, flush=True)
 
     try:
         make_disk(disk, size_mib * MiB)
         disk_digest = file_digest(disk)
         kubevirt_layout(disk, work / "layout")
-        for comp in ("gzip", "zstd"):
+        for comp in [c for c in ("gzip", "zstd") for _ in range(repeat)]:
             host = registry()
             record(
                 f"push {comp} skopeo",
@@ -309,13 +311,17 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-oras", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per skopeo/diskplane case")
     args = parser.parse_args()
-    results = bench(args.size_mib, not args.no_oras)
+    results = bench(args.size_mib, not args.no_oras, args.repeat)
     print(f"disk: {args.size_mib} MiB, ~50% incompressible; registry: docker-registry on 127.0.0.1")
-    print(f"{'case':38} {'seconds':>8} {'MB/s':>7} {'peak RSS MiB':>13}")
+    print(f"{'case':38} {'seconds':>8} {'MB/s':>7} {'peak RSS MiB':>13} {'CPU s':>6}")
     for name, r in results.items():
         rate = args.size_mib * MiB / 1e6 / r["seconds"]
-        print(f"{name:38} {r['seconds']:8.2f} {rate:7.0f} {r['rss_mib']:13.0f}")
+        print(
+            f"{name:38} {r['seconds']:8.2f} {rate:7.0f} {r['rss_mib']:13.0f}"
+            f" {r['cpu_seconds']:6.2f}"
+        )
     for kind in ("push gzip", "push zstd", "pull gzip", "pull zstd"):
         ours, theirs = results[f"{kind} diskplane"], results[f"{kind} skopeo"]
         print(f"{kind}: diskplane/skopeo time ratio {ours['seconds'] / theirs['seconds']:.2f}x")

@@ -2,7 +2,8 @@
 
 Why our own client and not oras-py (0.2.43, measured in bench/registry.py and
 docs/containerdisk.md): oras-py's monolithic push reads the whole blob into
-memory (RSS grows with the disk: 233 MB for a 200 MiB blob), its chunked
+memory (peak RSS 1056 MiB pushing a 1 GiB disk, against 94-132 MiB for ours,
+which was also faster: 4.8 s vs 7.3 s), its chunked
 upload needs size and digest known before it starts, so a layer compressed on
 the fly would have to be written to a temp file first; it crashes with no
 credentials (``'BasicAuth' object has no attribute '_basic_auth'``), and it

@@ -63,6 +63,13 @@ class BlobUpload:
         self.resumes = 0
 
     @property
+    def location(self) -> str:
+        """The upload URL the registry gave us last (it changes with every answer)."""
+        if self._location is None:
+            raise UploadFailed(f"{self._what}: the upload was not started")
+        return self._location
+
+    @property
     def _chunk_size(self) -> int:
         return self._transport.settings.chunk_size
 
@@ -206,11 +213,10 @@ async def upload_monolithic(
     what = f"upload of blob {digest[:19]} to {ref.registry}/{ref.repository}"
     upload = BlobUpload(transport, ref, what)
     await upload.start()
-    assert upload._location is not None
     resp = await transport.request(
         "PUT",
         ref,
-        _with_query(upload._location, digest=digest),
+        _with_query(upload.location, digest=digest),
         scope=push_scope(ref),
         what=what,
         headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
@@ -226,13 +232,13 @@ async def mount_blob(transport: Transport, ref: Reference, digest: str, from_rep
     what = f"mount of blob {digest[:19]} from {from_repo} into {ref.repository}"
     upload = BlobUpload(transport, ref, what)
     mounted = await upload.start(mount=(digest, from_repo))
-    if not mounted and upload._location:
+    if not mounted and upload._location is not None:
         async with translate_errors(what):
             # Abandon the session the registry opened instead of mounting.
             resp = await transport.request(
                 "DELETE",
                 ref,
-                upload._location,
+                upload.location,
                 scope=push_scope(ref),
                 what=what,
                 ok=(204, 200, 404),
