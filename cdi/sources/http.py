@@ -104,24 +104,31 @@ class HttpSource:
         return await with_retries(self._settings, self._probe_once)
 
     async def _probe_once(self) -> SourceInfo:
-        size: int | None = None
         try:
-            async with self._client().head(
-                self.url, headers=self._headers, allow_redirects=True
-            ) as resp:
-                if resp.status < 300:
-                    self.url = str(resp.url)  # redirects resolved once, reused after
-                    size = _int(resp.headers.get("Content-Length"))
-                    self._remember_validator(resp.headers)
-                elif resp.status not in (405, 501):
-                    raise status_error(
-                        resp.status, self.description, resp.headers.get("Retry-After")
-                    )
+            size = await self._probe_head()
             return await self._probe_get(size)
         except ImportError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _network_error(self.description, exc) from exc
+
+    async def _probe_head(self) -> int | None:
+        """HEAD, best effort: resolves redirects and learns the size and validator."""
+        try:
+            async with self._client().head(
+                self.url, headers=self._headers, allow_redirects=True
+            ) as resp:
+                # Some servers (busybox httpd) send a body after HEAD: never reuse it.
+                resp.close()
+                if resp.status < 300:
+                    self.url = str(resp.url)  # redirects resolved once, reused after
+                    self._remember_validator(resp.headers)
+                    return _int(resp.headers.get("Content-Length"))
+                if resp.status not in (405, 501):
+                    raise status_error(resp.status, self.description, _retry_after(resp))
+                return None
+        except aiohttp.ClientResponseError:
+            return None  # a broken HEAD answer: the GET probe learns the same
 
     async def _probe_get(self, size: int | None) -> SourceInfo:
         headers = {**self._headers, "Range": f"bytes=0-{HEADER_BYTES - 1}"}

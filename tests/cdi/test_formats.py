@@ -120,3 +120,44 @@ async def test_blank_is_sparse_and_sized(pool: VolumePool, settings: ImportSetti
     result = await _import(pool, SourceSpec(kind="blank"), settings)
     assert result.volume.disk_path.stat().st_size == 60 * MiB
     assert sparse_blocks(result.volume.disk_path) == 0
+
+
+async def test_progress_totals_are_real_bytes(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, base: Path
+) -> None:
+    from dataclasses import replace
+
+    from cdi import Progress
+
+    image, _ = build(base, "qcow2", None)
+    (http_server.root / "d.qcow2").write_bytes(image.read_bytes())
+    events: list[Progress] = []
+    result = await run_import(
+        pool,
+        ImportRequest("ns", "d", 64 * MiB, SourceSpec(kind="http", url=http_server.url("d.qcow2"))),
+        on_progress=events.append,
+        settings=replace(settings, progress_interval=0),
+    )
+    phases = [e.phase for e in events]
+    assert phases[0] == "probe"
+    assert phases[-1] == "done"
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
+        "probe", "transfer", "resize", "verify", "done",
+    ]  # fmt: skip
+    transfer = [e for e in events if e.phase == "transfer" and e.source_bytes_total]
+    total = transfer[-1].source_bytes_total
+    assert total is not None
+    assert total <= image.stat().st_size < result.virtual_size
+    percents = [e.percent for e in transfer]
+    assert percents == sorted(percents)
+    assert events[-1].cdi_progress == "100.0%"
+
+
+async def test_preallocation_allocates_the_whole_disk(
+    pool: VolumePool, settings: ImportSettings, base: Path
+) -> None:
+    request = ImportRequest(
+        "ns", "d", 16 * MiB, SourceSpec(kind="file", path=base), preallocation=True
+    )
+    result = await run_import(pool, request, settings=settings)
+    assert sparse_blocks(result.volume.disk_path) * 512 >= result.volume.usable_size
