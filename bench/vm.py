@@ -262,9 +262,9 @@ def report(result: dict[str, Any]) -> str:
     ]
     for kind, m in mig.items():
         lines.append(
-            f"| migration {kind}: downtime / total / RAM sent / dirty syncs | {m['downtimeMs']} ms"
-            f" / {m['totalTimeMs']} ms / {round(m['transferredBytes'] / MiB, 1)} MiB"
-            f" / {m['dirtySyncCount']} |"
+            f"| migration {kind}: QEMU downtime / guest pause / total / RAM sent / dirty syncs"
+            f" | {m['downtimeMs']} ms / {m.get('switchoverMs')} ms / {m['totalTimeMs']} ms"
+            f" / {round(m['transferredBytes'] / MiB, 1)} MiB / {m['dirtySyncCount']} |"
         )
     return "\n".join(lines)
 

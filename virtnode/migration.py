@@ -89,8 +89,23 @@ async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
         try:
             prepared = await _call(http, "POST", f"{target}/v1/migrations/targets", request)
             try:
-                stats = await _run(vm, prepared, copy, body)
-                await _call(http, "PUT", _target_vm_url(target, vm) + "/finishmigration", {})
+                stopped: list[float] = []
+
+                def on_stop(event: QmpEvent) -> None:
+                    if event.name == "STOP":
+                        stopped.append(event.timestamp)
+
+                vm.event_waiters.append(on_stop)
+                try:
+                    stats = await _run(vm, prepared, copy, body)
+                finally:
+                    vm.event_waiters.remove(on_stop)
+                url = _target_vm_url(target, vm) + "/finishmigration"
+                resumed = (await _call(http, "PUT", url, {}))["result"]["resumedAt"]
+                if stopped:
+                    # Guest-visible pause: source vCPUs stopped -> target continued
+                    # (both clocks are this host's; across hosts it needs synced clocks).
+                    stats["switchoverMs"] = round((resumed - stopped[-1]) * 1000, 1)
             except BaseException:
                 with contextlib.suppress(MigrationError, aiohttp.ClientError):
                     await _call(
@@ -266,10 +281,9 @@ async def finish_migration(vm: VirtualMachine, body: dict[str, Any]) -> dict[str
         raise MigrationError(f"incoming migration of VM {vm.key} is {info.get('status')}")
     if vm.extra.get("migrationState", {}).get("nbd"):
         await vm.execute("nbd-server-stop")
-    started = time.monotonic()
     await vm.finish_incoming()
     vm.extra["migrationState"] = {**vm.extra.get("migrationState", {}), "completed": True}
-    return {"resumeMs": round((time.monotonic() - started) * 1000, 1)}
+    return {"resumedAt": time.time()}
 
 
 MIGRATION_ACTIONS = {"migrate": migrate, "finishmigration": finish_migration}

@@ -66,6 +66,7 @@ async def test_live_then_block_migration(
             assert stats["transferredBytes"] > 0
             assert stats["totalTimeMs"] > 0
             assert stats["downtimeMs"] is not None
+            assert 0 < stats["switchoverMs"] < 5000
             assert stats["mirroredDisks"] == []
             source = await api(session, "GET", vm_url(a))
             assert source["status"]["phase"] == "Succeeded"
