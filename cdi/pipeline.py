@@ -296,7 +296,7 @@ class ImportJob:
         def handle(start: int, data: bytearray) -> int:
             written = 0
             for c in qcow2.clusters_in(clusters, start, start + len(data)):
-                raw = bytes(data[c.host_offset - start : c.host_offset - start + c.length])
+                raw = data[c.host_offset - start : c.host_offset - start + c.length]
                 written += writer.write(
                     c.guest_offset, qcow2.cluster_bytes(header, c, raw, self.what)
                 )

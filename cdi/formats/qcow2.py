@@ -203,7 +203,7 @@ def clusters_in(clusters: list[Cluster], start: int, end: int) -> list[Cluster]:
     return [c for c in clusters[lo:hi] if c.host_offset + c.length <= end]
 
 
-def cluster_bytes(header: Header, cluster: Cluster, raw: bytes, what: str) -> bytes:
+def cluster_bytes(header: Header, cluster: Cluster, raw: bytearray, what: str) -> bytes | bytearray:
     """The guest bytes of a cluster (decompressed when needed)."""
     if not cluster.compressed:
         return raw

@@ -10,8 +10,6 @@ from cdi.settings import ImportSettings
 from cdi.sources.base import Source
 from cdi.sources.blank import BlankSource
 from cdi.sources.file import FileSource
-from cdi.sources.http import HttpSource
-from cdi.sources.s3 import S3Source, parse_s3_url
 
 
 def open_source(spec: SourceSpec, settings: ImportSettings) -> Source:
@@ -23,6 +21,8 @@ def open_source(spec: SourceSpec, settings: ImportSettings) -> Source:
         return FileSource(Path(spec.path))
     assert spec.url is not None
     if spec.kind == "http":
+        from cdi.sources.http import HttpSource
+
         headers = dict(spec.extra_headers)
         if creds.token:
             headers["Authorization"] = f"Bearer {creds.token}"
@@ -35,6 +35,8 @@ def open_source(spec: SourceSpec, settings: ImportSettings) -> Source:
             settings=settings,
         )
     if spec.kind == "s3":
+        from cdi.sources.s3 import S3Source, parse_s3_url  # boto3 is slow to import
+
         location = parse_s3_url(spec.url, spec.endpoint_url, spec.region)
         return S3Source(
             location,
