@@ -229,13 +229,13 @@ class VirtualMachine:
             return
         self._set_phase(Phase.SCHEDULED)
         await self._attach(adopting=True)
-        status = await self._execute("query-status")
-        self._apply_run_status(str(status.get("status", "")))
-
-    def _apply_run_status(self, status: str) -> None:
+        status = str((await self._execute("query-status")).get("status", ""))
         if status == "shutdown":
+            # The guest powered off while the agent was down (-no-shutdown kept QEMU).
             self._shutdown_seen.set()
-            self._spawn_quit()
+            await self._quit_quietly()
+            if not await self._wait(self.finished.wait(), self.settings.quit_timeout):
+                kill(self.identity)
             return
         self.paused = status not in ("running", "inmigrate", "postmigrate")
         self._set_phase(Phase.RUNNING)

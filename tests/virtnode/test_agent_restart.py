@@ -18,10 +18,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from qemu.qmp import EventListener, QMPClient
 
 from tests.virtnode.agentproc import AgentProcess, api, console_until, sse_events
 from tests.virtnode.conftest import make_volume, vmi_object
 from virtnode import AccelInfo, AgentSettings
+from virtnode.rundir import RunDir
 from virtnode.tinyguest import TinyGuest
 
 pytestmark = pytest.mark.guest
@@ -63,7 +65,7 @@ async def _run_scenario(
     bad = vmi_object("bad", guest, volumes=[{"name": "x", "hostDisk": {}}])
     assert "hostDisk" in (await api(session, "POST", agent.url + "/v1/vmis", bad, 422))["message"]
 
-    for name in ("vm-a", "vm-b"):
+    for name in ("vm-a", "vm-b", "vm-c"):
         make_volume(settings, f"pvc-{name}", 8 * MiB)
         obj = vmi_object(
             name,
@@ -73,7 +75,7 @@ async def _run_scenario(
         created = await api(session, "POST", agent.url + "/v1/vmis", obj, 201)
         assert created["status"]["phase"] == "Running"
         pids.append(created["status"]["qemu"]["pid"])
-    for name in ("vm-a", "vm-b"):
+    for name in ("vm-a", "vm-b", "vm-c"):
         await console_until(session, vm_url(agent, name) + "/console", r"tick 2 disks=vda")
 
     # SIGKILL the agent: the guests keep running.
@@ -85,6 +87,7 @@ async def _run_scenario(
     assert {i["metadata"]["name"]: i["status"]["qemu"]["pid"] for i in listed["items"]} == {
         "vm-a": pids[0],
         "vm-b": pids[1],
+        "vm-c": pids[2],
     }
     assert all(i["status"]["phase"] == "Running" for i in listed["items"])
     for name in ("vm-a", "vm-b"):
@@ -120,21 +123,41 @@ async def _run_scenario(
     failed = await api(session, "GET", vm_url(agent, "vm-b"))
     assert failed["status"]["reason"] == "QemuExited"
 
-    # A QEMU that dies while the agent is down is reported; a stale run dir is removed.
+    # While the agent is down: vm-c's QEMU dies, vm-a's guest powers off (QEMU kept by
+    # -no-shutdown), a stale run dir appears. The next agent reports all of it.
     await agent.kill9()
-    os.kill(pids[0], signal.SIGKILL)
+    os.kill(pids[2], signal.SIGKILL)
+    await _powerdown_directly(RunDir.for_vm(settings.run_dir, "default", "vm-a"))
     stale = settings.run_dir / "vm-0000000000000000"
     stale.mkdir()
     await agent.start()
-    gone = await api(session, "GET", vm_url(agent, "vm-a"))
+    off = await api(session, "GET", vm_url(agent, "vm-a"))
+    assert (off["status"]["phase"], off["status"]["reason"]) == ("Succeeded", "GuestShutdown")
+    gone = await api(session, "GET", vm_url(agent, "vm-c"))
     assert gone["status"]["phase"] == "Failed"
     assert gone["status"]["reason"] == "QemuExitedWhileAgentDown"
     assert not stale.exists()
     assert list(settings.run_dir.iterdir()) == []
     metrics = await (await session.get(agent.url + "/metrics")).text()
+    # vm-b's failure was reported by the previous agent; finished VMIs live in memory only.
     assert 'diskplane_vmis{phase="Failed"} 1' in metrics
-    await api(session, "DELETE", vm_url(agent, "vm-a"))
-    await api(session, "GET", vm_url(agent, "vm-a"), expect=404)
+    assert 'diskplane_vmis{phase="Succeeded"} 1' in metrics
+    await api(session, "DELETE", vm_url(agent, "vm-c"))
+    await api(session, "GET", vm_url(agent, "vm-c"), expect=404)
+
+
+async def _powerdown_directly(run: RunDir) -> None:
+    """Press vm's power button over its QMP socket (free while the agent is dead)."""
+    client = QMPClient("test")
+    async with asyncio.timeout(20):
+        await client.connect(str(run.launch_paths.qmp_socket))
+        try:
+            listener = EventListener("SHUTDOWN")
+            with client.listen(listener):
+                await client.execute("system_powerdown")
+                await listener.get()
+        finally:
+            await client.disconnect()
 
 
 async def _cli_console(agent: AgentProcess, name: str) -> None:

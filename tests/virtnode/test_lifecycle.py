@@ -24,7 +24,8 @@ from tests.virtnode.conftest import (
     qemu_uid,
     vmi_object,
 )
-from virtnode import DiskError, NodeAgent, Phase, VmStateError
+from virtnode import DiskError, MigrationError, NodeAgent, Phase, VmStateError
+from virtnode.migration import migrate
 from virtnode.tinyguest import TinyGuest
 from virtnode.volumeops import add_volume, commit, mirror, remove_volume, resize, snapshot
 
@@ -126,6 +127,12 @@ async def test_second_boot_reads_marker_then_live_operations(
     )
     copied = (agent.settings.volumes / "default" / "pvc-copy" / "disk.img").read_bytes()[:64]
     assert copied.startswith(b"DISKPLANE-MARKER count=2")
+
+    # a migration to an agent that does not answer fails cleanly; the VM keeps running.
+    with pytest.raises(MigrationError, match="did not answer"):
+        await migrate(vm, {"targetAgent": "http://127.0.0.1:9"})
+    assert vm.printable_status() == "Running"
+    assert vm.status()["migrationState"]["failed"] is True
 
     # soft reboot: power button, the guest powers off, the agent resets instead of ending.
     await vm.soft_reboot()
