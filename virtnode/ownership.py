@@ -5,10 +5,12 @@ with ``useradd`` if missing); otherwise as the agent's own user and nothing is
 chowned. Only the VM's run dir, its ephemeral disks and the volumes it uses
 are handed to uid 107; every directory above them must be searchable by
 others, which :func:`check_reachable` verifies with an actionable message.
+QEMU's only supplementary group is the one owning ``/dev/kvm`` (if any).
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -20,6 +22,7 @@ from virtnode.errors import LaunchError
 from virtnode.process import RunAs
 
 USERADD_TIMEOUT = 30.0
+KVM_DEVICE = "/dev/kvm"
 
 
 def qemu_run_as(user: str, uid: int) -> RunAs | None:
@@ -31,7 +34,10 @@ def qemu_run_as(user: str, uid: int) -> RunAs | None:
     except KeyError:
         _create_user(user, uid)
         entry = pwd.getpwnam(user)
-    return RunAs(uid=entry.pw_uid, gid=entry.pw_gid)
+    groups: tuple[int, ...] = ()
+    with contextlib.suppress(OSError):
+        groups = (os.stat(KVM_DEVICE).st_gid,)  # /dev/kvm is usually root:kvm 0660
+    return RunAs(uid=entry.pw_uid, gid=entry.pw_gid, groups=groups)
 
 
 def _create_user(user: str, uid: int) -> None:

@@ -34,6 +34,8 @@ class ProcessIdentity:
 class RunAs:
     uid: int
     gid: int
+    #: Supplementary groups (the group owning /dev/kvm, when there is one).
+    groups: tuple[int, ...] = ()
 
 
 def start_ticks(pid: int) -> int | None:
@@ -58,7 +60,9 @@ async def launch(
 ) -> ProcessIdentity:
     """Start a daemonizing QEMU and return the daemon's identity once it is initialised."""
     pidfile.unlink(missing_ok=True)  # noqa: ASYNC240 - tiny, local
-    extra = {} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+    extra = {}
+    if run_as is not None:
+        extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
