@@ -183,8 +183,12 @@ async def _stream_to_registry(
             await upload.finish(result.digest)
             return result, upload.patches
         except UploadFailed:
+            await upload.abort()
             if attempt == UPLOAD_RESTARTS:
                 raise
+        except BaseException:
+            await upload.abort()
+            raise
     raise AssertionError("unreachable")
 
 

@@ -16,6 +16,7 @@ is known before upload (raw segments) go as one ``PUT ?digest=``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -56,8 +57,7 @@ class BlobUpload:
         self._ref = ref
         self._what = what
         self._location: str | None = None
-        self._pieces: list[bytes] = []
-        self._buffered = 0
+        self._open: _StreamingPatch | None = None
         self.offset = 0  # bytes the registry holds
         self.patches = 0
         self.resumes = 0
@@ -95,22 +95,41 @@ class BlobUpload:
         return str(resp.url.join(URL(location)))
 
     async def write(self, data: bytes) -> None:
-        """Buffer ``data``; a PATCH goes out once ``chunk_size`` bytes are waiting."""
-        self._pieces.append(data)
-        self._buffered += len(data)
-        if self._buffered >= self._chunk_size:
-            await self._flush()
+        """Stream ``data`` into the open PATCH; it is closed once ``chunk_size`` bytes went in.
 
-    async def _flush(self) -> None:
-        chunk = b"".join(self._pieces)  # chunks are at least chunk_size, never split
-        self._pieces.clear()
-        self._buffered = 0
-        await self._send_chunk(chunk)
+        The PATCH starts with the chunk's first bytes (its body streams while the rest
+        is produced); the chunk's bytes are also kept until the registry accepted them,
+        so a failed PATCH can be resumed from the offset the registry reports.
+        """
+        if self._open is None:
+            self._open = _StreamingPatch(self)
+        self._open.feed(data)
+        if self._open.size >= self._chunk_size:
+            await self._close_patch()
+
+    async def _close_patch(self) -> None:
+        patch, self._open = self._open, None
+        if patch is None:
+            return
+        start = self.offset
+        try:
+            await patch.close()
+        except RegistryUnavailable:
+            self.offset = start
+            await self._resume(b"".join(patch.pieces), start)
+            return
+        self.patches += 1
+        self._advance(patch.reported, start + patch.size)
+
+    async def abort(self) -> None:
+        """Stop a PATCH in flight (the producer failed); the session is left to expire."""
+        patch, self._open = self._open, None
+        if patch is not None:
+            await patch.cancel()
 
     async def finish(self, digest: str) -> None:
         """Send what is buffered and commit the blob under ``digest``."""
-        if self._pieces:
-            await self._flush()
+        await self._close_patch()
         assert self._location is not None
         resp = await self._transport.request(
             "PUT",
@@ -124,12 +143,15 @@ class BlobUpload:
         )
         resp.release()
 
-    async def _send_chunk(self, chunk: bytes) -> None:
-        """PATCH ``chunk`` at the current offset, resuming from the registry's offset on errors."""
-        start = self.offset
+    async def _resume(self, chunk: bytes, start: int) -> None:
+        """After a failed PATCH of ``chunk`` (from ``start``): resend from the registry's offset."""
         attempts = self._transport.settings.retry_attempts
         delay = self._transport.settings.retry_backoff
         for attempt in range(1, attempts + 1):
+            await asyncio.sleep(min(delay, self._transport.settings.retry_backoff_max))
+            delay *= 2
+            await self._refresh_offset(start, start + len(chunk))
+            self.resumes += 1
             skip = self.offset - start
             if skip >= len(chunk):
                 return
@@ -139,10 +161,30 @@ class BlobUpload:
             except RegistryUnavailable:
                 if attempt == attempts:
                     raise
-            await asyncio.sleep(min(delay, self._transport.settings.retry_backoff_max))
-            delay *= 2
-            await self._refresh_offset(start, start + len(chunk))
-            self.resumes += 1
+
+    async def _stream_patch(self, body: AsyncIterator[bytes]) -> int | None:
+        """One PATCH whose body streams (chunked encoding); the offset the registry reports."""
+        resp = await self._transport.request(
+            "PATCH",
+            self._ref,
+            self.location,
+            scope=push_scope(self._ref),
+            what=self._what,
+            headers={"Content-Type": "application/octet-stream"},
+            body=lambda: body,
+            ok=(202, 204),
+            retry=False,
+        )
+        async with resp:
+            self._location = self._absolute(resp, resp.headers.get("Location") or self._location)
+            return _offset_from_range(resp.headers.get("Range"))
+
+    def _advance(self, reported: int | None, expected: int) -> None:
+        if reported and reported != expected:  # 0 may mean "0-0", i.e. one byte
+            raise UploadFailed(
+                f"{self._what}: registry holds {reported} bytes, expected {expected}"
+            )
+        self.offset = expected
 
     async def _patch(self, piece: bytes) -> None:
         assert self._location is not None
@@ -167,12 +209,7 @@ class BlobUpload:
             self._location = self._absolute(resp, resp.headers.get("Location") or self._location)
             reported = _offset_from_range(resp.headers.get("Range"))
         self.patches += 1
-        expected = self.offset + len(piece)
-        if reported and reported != expected:  # 0 may mean "0-0", i.e. one byte
-            raise UploadFailed(
-                f"{self._what}: registry holds {reported} bytes, expected {expected}"
-            )
-        self.offset = expected
+        self._advance(reported, self.offset + len(piece))
 
     async def _refresh_offset(self, low: int, high: int) -> None:
         """Ask the registry how much it holds; it must be inside the chunk we still have."""
@@ -197,6 +234,38 @@ class BlobUpload:
                 f" ({low}-{high}); the upload cannot be resumed"
             )
         self.offset = offset
+
+
+class _StreamingPatch:
+    """A PATCH in flight whose body is fed block by block; keeps the blocks for a resend."""
+
+    def __init__(self, upload: BlobUpload) -> None:
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.reported: int | None = None
+        # Unbounded, but never holds more than one chunk: the caller closes at chunk_size.
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._task = asyncio.create_task(
+            upload._stream_patch(self._body()), name="containerdisk-patch"
+        )
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        while (piece := await self._queue.get()) is not None:
+            yield piece
+
+    def feed(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.size += len(data)
+        self._queue.put_nowait(data)
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        self.reported = await self._task
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
 
 
 async def upload_bytes(transport: Transport, ref: Reference, data: bytes, digest: str) -> bool:
