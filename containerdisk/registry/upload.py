@@ -3,8 +3,10 @@
 Why chunked PATCH: a containerDisk layer's size and digest are only known
 once it has streamed (it is compressed on the fly), and the monolithic
 ``PUT ?digest=`` needs the digest up front. Chunked PATCH needs neither; the
-final PUT names the digest we computed inline. Each chunk (``chunk_size``,
-16 MiB by default) is kept until the registry accepted it, so a PATCH cut by
+final PUT names the digest we computed inline. Each PATCH streams its body
+while the chunk is still being produced (no wait for a full buffer); each chunk
+(``chunk_size``, 16 MiB by default) is kept until the registry accepted it, so a
+PATCH cut by
 a connection error or refused with 5xx is resumed from the offset the
 registry reports (``GET`` on the upload URL, ``Range: 0-N``). One blob's
 chunks must go in order (the spec), so parallelism comes from several blobs.
