@@ -6,9 +6,8 @@ once it has streamed (it is compressed on the fly), and the monolithic
 final PUT names the digest we computed inline. Each PATCH streams its body
 while the chunk is still being produced (no wait for a full buffer); each chunk
 (``chunk_size``, 16 MiB by default) is kept until the registry accepted it, so a
-PATCH cut by
-a connection error or refused with 5xx is resumed from the offset the
-registry reports (``GET`` on the upload URL, ``Range: 0-N``). One blob's
+PATCH cut by a connection error or refused with 5xx is resumed from the offset
+the registry reports (``GET`` on the upload URL, ``Range: 0-N``). One blob's
 chunks must go in order (the spec), so parallelism comes from several blobs.
 
 Blobs whose bytes are in memory (configs, compressed segments) or whose digest
