@@ -86,7 +86,9 @@ def timed(
 ) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one command."""
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -173,7 +175,11 @@ def moto_server() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def s3_throughput(work: Path, size: int, runs: int) -> dict[int, float]:
+S3_VARIANTS = (("1", "8Mi"), ("4", "8Mi"), ("4", "64Mi"))
+
+
+def s3_throughput(work: Path, size: int, runs: int) -> dict[tuple[str, str], float]:
+    """MB/s of a raw S3 import per (concurrency, chunk size)."""
     import boto3
     from boto3.s3.transfer import TransferConfig
 
@@ -181,21 +187,39 @@ def s3_throughput(work: Path, size: int, runs: int) -> dict[int, float]:
     with raw.open("wb") as handle:
         for _ in range(size // MiB):
             handle.write(os.urandom(MiB))
-    results: dict[int, float] = {}
+    results: dict[tuple[str, str], float] = {}
     with moto_server() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k",
                               aws_secret_access_key="s", region_name="us-east-1")  # fmt: skip
         client.create_bucket(Bucket="bench")
-        client.upload_file(
-            str(raw), "bench", "disk.raw", Config=TransferConfig(multipart_chunksize=64 * MiB)
-        )
+        config = TransferConfig(multipart_chunksize=64 * MiB)
+        client.upload_file(str(raw), "bench", "disk.raw", Config=config)
         url = "s3://bench/disk.raw"
-        for concurrency in (1, 4):
-            extra = ["--s3-endpoint", endpoint, "--concurrency", str(concurrency)]
+        for concurrency, chunk in S3_VARIANTS:
+            extra = ["--s3-endpoint", endpoint, "--concurrency", concurrency, "--chunk-size", chunk]
             best = min(diskplane_import(url, work, size, i, extra)[0] for i in range(runs))
-            results[concurrency] = size / best / 1e6
+            results[concurrency, chunk] = size / best / 1e6
     raw.unlink()
     return results
+
+
+def http_comparison(work: Path, size: int, runs: int) -> None:
+    serve = work / "www"
+    serve.mkdir()
+    qcow2 = make_qcow2(serve, size)
+    print(f"image: {qcow2.stat().st_size / MiB:.0f} MiB qcow2, {size / MiB:.0f} MiB virtual")
+    with busybox_httpd(serve) as base:
+        url = f"{base}/{qcow2.name}"
+        a_runs = [diskplane_import(url, work, size, i) for i in range(runs)]
+        a, rss = min(t for t, _ in a_runs), max(r for _, r in a_runs)
+        b = min(cdi_path(url, work) for _ in range(runs))
+        c = min(nbdkit_path(url, work) for _ in range(runs))
+    d = min(floor_path(qcow2, work) for _ in range(runs))
+    print(f"(a) diskplane import      {a:7.2f} s  peak RSS {rss / MiB:.0f} MiB")
+    print(f"(b) curl + qemu-img (CDI) {b:7.2f} s")
+    print(f"(c) nbdkit curl + convert {c:7.2f} s")
+    print(f"(d) local qemu-img floor  {d:7.2f} s")
+    print(f"a/b {a / b:.2f} (target <= 0.7)  a/c {a / c:.2f} (<= 1.0)  a/d {a / d:.2f} (<= 1.3)")
 
 
 def main() -> None:
@@ -204,33 +228,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--s3-size", default="512Mi", help="raw object for the S3 run (0: skip)")
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--only-s3", action="store_true", help="skip the HTTP comparison")
     args = parser.parse_args()
     size = quantity(args.size)
     work = Path(tempfile.mkdtemp(prefix="diskplane-bench-", dir=args.work_dir))
     try:
-        serve = work / "www"
-        serve.mkdir()
-        qcow2 = make_qcow2(serve, size)
-        print(f"image: {qcow2.stat().st_size / MiB:.0f} MiB qcow2, {size / MiB:.0f} MiB virtual")
-        with busybox_httpd(serve) as base:
-            url = f"{base}/{qcow2.name}"
-            a_runs = [diskplane_import(url, work, size, i) for i in range(args.runs)]
-            a, rss = min(t for t, _ in a_runs), max(r for _, r in a_runs)
-            b = min(cdi_path(url, work) for _ in range(args.runs))
-            c = min(nbdkit_path(url, work) for _ in range(args.runs))
-        d = min(floor_path(qcow2, work) for _ in range(args.runs))
-        print(f"(a) diskplane import      {a:7.2f} s  peak RSS {rss / MiB:.0f} MiB")
-        print(f"(b) curl + qemu-img (CDI) {b:7.2f} s")
-        print(f"(c) nbdkit curl + convert {c:7.2f} s")
-        print(f"(d) local qemu-img floor  {d:7.2f} s")
-        print(
-            f"a/b {a / b:.2f} (target <= 0.7)  a/c {a / c:.2f} (<= 1.0)  a/d {a / d:.2f} (<= 1.3)"
-        )
+        if not args.only_s3:
+            http_comparison(work, size, args.runs)
         s3_size = quantity(args.s3_size)
         if s3_size:
-            s3 = s3_throughput(work, s3_size, args.runs)
-            print(f"S3 raw import {s3_size / MiB:.0f} MiB: concurrency 1 {s3[1]:.0f} MB/s, "
-                  f"concurrency 4 {s3[4]:.0f} MB/s")  # fmt: skip
+            print(f"S3 raw import of {s3_size / MiB:.0f} MiB from moto_server:")
+            for (concurrency, chunk), rate in s3_throughput(work, s3_size, args.runs).items():
+                print(f"    concurrency {concurrency}, chunk {chunk}: {rate:.0f} MB/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
