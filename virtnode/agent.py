@@ -17,6 +17,7 @@ from typing import Any
 
 from virtnode.containerdisks import NodeDiskCache
 from virtnode.disks import ContainerDiskSource
+from virtnode.driver import QemuDriver, VmDriver
 from virtnode.errors import SpecError, VmExistsError, VmNotFoundError
 from virtnode.events import EventBus
 from virtnode.metrics import AgentMetrics
@@ -40,6 +41,17 @@ async def choose_accelerator(settings: AgentSettings) -> AccelInfo:
 
     choice = await probe_accelerator(emulator=settings.emulator)
     return AccelInfo(choice.accel, choice.reason, tuple(choice.qemu_args()))
+
+
+async def make_driver(settings: AgentSettings) -> VmDriver:
+    """The VM driver the settings name (``qemu`` or ``libvirt``)."""
+    if settings.driver == "libvirt":
+        from virtnode.libvirt_driver import LibvirtDriver
+
+        driver = LibvirtDriver(settings)
+        await driver.open()
+        return driver
+    return QemuDriver(settings)
 
 
 class NodeAgent:
@@ -69,7 +81,8 @@ class NodeAgent:
         for path in (s.run_dir, s.volumes):
             path.mkdir(parents=True, exist_ok=True)
         s.run_dir.chmod(0o711)  # QEMU's user must reach its own run dir, not list others
-        run_as = await asyncio.to_thread(qemu_run_as, s.qemu_user, s.qemu_uid)
+        driver = await make_driver(s)
+        run_as = driver.run_as(await asyncio.to_thread(qemu_run_as, s.qemu_user, s.qemu_uid))
         accel = self._accel or await choose_accelerator(s)
         self._ctx = NodeContext(
             settings=s,
@@ -77,6 +90,7 @@ class NodeAgent:
             run_as=run_as,
             publish=self.events.publish,
             observe_qmp=self.metrics.observe_qmp,
+            driver=driver,
             record_migration=self.metrics.record_migration,
             containerdisks=self._containerdisks or NodeDiskCache(s.cache_dir),
         )
@@ -104,6 +118,8 @@ class NodeAgent:
         for vm in list(self.vms.values()):
             await vm.release()
         self.events.close()
+        if self._ctx is not None:
+            await self._ctx.driver.close()
 
     async def create(self, obj: Mapping[str, Any], *, incoming: bool = False) -> VirtualMachine:
         spec = parse_vmi(obj)

@@ -36,6 +36,12 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--node-name", default=os.uname().nodename)
     serve.add_argument("--volume-dir", help="volume pool (default: <data-dir>/volumes)")
+    serve.add_argument(
+        "--driver",
+        choices=("qemu", "libvirt"),
+        default="qemu",
+        help="run QEMU directly (default) or as transient libvirt domains",
+    )
     serve.set_defaults(handler=_serve)
 
     console = subparsers.add_parser("console", help="attach to a VM's serial console")
@@ -55,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         volume_dir=Path(args.volume_dir).resolve() if args.volume_dir else None,
         node_name=args.node_name,
+        driver=args.driver,
     )
     asyncio.run(_serve_async(settings, args.listen))
     return 0

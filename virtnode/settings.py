@@ -31,6 +31,9 @@ class AgentSettings:
     #: Volumes (PVC / DataVolume) live at ``<volume_dir>/<namespace>/<name>/disk.img``.
     volume_dir: Path | None = None
     node_name: str = "local"
+    #: ``qemu`` (the agent runs QEMU itself) or ``libvirt`` (transient libvirt domains).
+    driver: str = "qemu"
+    libvirt_uri: str = "qemu:///system"
     emulator: str = DEFAULT_EMULATOR
     hotplug_ports: int = DEFAULT_HOTPLUG_PORTS
     qmp: QmpTimeouts = field(default_factory=QmpTimeouts)

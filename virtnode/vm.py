@@ -22,14 +22,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from virtnode.argv import LaunchOptions, build_argv
 from virtnode.blockdev import AttachedDisk
 from virtnode.console import ConsoleHub
 from virtnode.disks import ContainerDiskSource, DiskPreparer, stage_kernel
+from virtnode.driver import Monitor, VmDriver
 from virtnode.errors import QmpError, VirtnodeError, VmStateError
 from virtnode.ownership import grant
-from virtnode.process import ProcessIdentity, RunAs, is_alive, kill, launch, wait_exit
-from virtnode.qmp import QmpEvent, QmpSession
+from virtnode.process import ProcessIdentity, RunAs, is_alive, kill, wait_exit
+from virtnode.qmp import QmpEvent
 from virtnode.rundir import RunDir
 from virtnode.settings import AgentSettings
 from virtnode.spec import VmiSpec
@@ -54,6 +54,7 @@ class NodeContext:
     run_as: RunAs | None
     publish: Publish
     observe_qmp: LatencyObserver
+    driver: VmDriver
     containerdisks: ContainerDiskSource | None = None
     #: Called with ("succeeded"|"failed", stats) after each outgoing migration.
     record_migration: Callable[[str, Mapping[str, Any]], None] = lambda result, stats: None
@@ -70,7 +71,7 @@ class VirtualMachine:
         self.reason = ""
         self.message = ""
         self.identity: ProcessIdentity | None = None
-        self.qmp: QmpSession | None = None
+        self.qmp: Monitor | None = None
         self.console: ConsoleHub | None = None
         self.disks: dict[str, AttachedDisk] = {}
         self.hotplugged: dict[str, dict[str, Any]] = {}
@@ -157,19 +158,8 @@ class VirtualMachine:
         attached = await preparer.prepare_all(self.spec)
         self.disks = {a.disk.name: a for a in attached}
         spec = await asyncio.to_thread(stage_kernel, self.spec, run, ctx.run_as)
-        options = LaunchOptions(
-            accel_args=self.accel.qemu_args,
-            emulator=ctx.settings.emulator,
-            hotplug_ports=ctx.settings.hotplug_ports,
-            incoming=self._incoming,
-        )
-        argv = build_argv(spec, attached, run.launch_paths, options)
-        self.identity = await launch(
-            argv,
-            pidfile=run.launch_paths.pidfile,
-            vm=self.key,
-            limit=ctx.settings.launch_timeout,
-            run_as=ctx.run_as,
+        self.identity = await ctx.driver.start(
+            spec, attached, run, self.accel, incoming=self._incoming, run_as=ctx.run_as
         )
         self.save_state()
         await self._attach()
@@ -177,13 +167,7 @@ class VirtualMachine:
     async def _attach(self, adopting: bool = False) -> None:
         """Connect QMP and console, start the monitor."""
         paths = self.run.launch_paths
-        self.qmp = QmpSession(
-            paths.qmp_socket,
-            vm=self.key,
-            timeouts=self.settings.qmp,
-            event_queue_size=self.settings.event_queue_size,
-            observe_latency=self.ctx.observe_qmp,
-        )
+        self.qmp = self.ctx.driver.monitor(self.spec, self.run, self.ctx.observe_qmp)
         await self.qmp.connect()
         self.console = ConsoleHub(
             paths.serial_socket,

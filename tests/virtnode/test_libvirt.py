@@ -1,0 +1,145 @@
+"""The libvirt driver: domain XML (pure) and one real guest under libvirtd started by hand.
+
+libvirtd runs here without systemd: the session fixture starts ``virtlogd -d`` and
+``libvirtd -d`` when ``qemu:///system`` does not answer, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.virtnode.conftest import BOOT_TIMEOUT, READY, kill_all, make_volume, vmi_object
+from virtnode import AccelInfo, AgentSettings, NodeAgent, Phase
+from virtnode.blockdev import AttachedDisk
+from virtnode.libvirt_driver import domain_name, domain_xml
+from virtnode.rundir import RunDir
+from virtnode.spec import parse_vmi
+from virtnode.tinyguest import POWER_BUTTON_LINE, TinyGuest
+
+MiB = 2**20
+# How long the hand-started daemons may take to answer.
+DAEMON_TIMEOUT = 20.0
+
+
+def test_domain_xml_escapes_and_maps_disks(tmp_path: Path) -> None:
+    obj = vmi_object("x", TinyGuest(*(tmp_path / n for n in ("k", "v", "i", "b")), "r"), volumes=[])
+    for name in ("k", "v", "i", "b"):
+        (tmp_path / name).write_bytes(b"")
+    obj["spec"]["domain"]["firmware"]["kernelBoot"]["host"] = {
+        "kernelPath": str(tmp_path / "v"),
+        "initrdPath": str(tmp_path / "i"),
+    }
+    obj["spec"]["domain"]["devices"]["disks"] = [
+        {"name": "root", "bootOrder": 1, "serial": "S1", "cache": "none", "io": "native"},
+        {"name": "ci", "cdrom": {"bus": "sata"}},
+    ]
+    obj["spec"]["volumes"] = [
+        {"name": "root", "persistentVolumeClaim": {"claimName": "p"}},
+        {"name": "ci", "cloudInitNoCloud": {"userData": "x"}},
+    ]
+    spec = parse_vmi(obj)
+    evil = tmp_path / "a'<&>\".img"
+    disks = [
+        AttachedDisk(spec.disks[0], evil, "raw"),
+        AttachedDisk(spec.disks[1], tmp_path / "ci.iso", "raw", readonly=True),
+    ]
+    root = ET.fromstring(domain_xml(spec, disks, RunDir(tmp_path / "run"), "tcg"))
+    assert root.get("type") == "qemu"
+    assert root.findtext("name") == domain_name(spec)
+    assert root.findtext("memory") == "256"
+    first, second = root.findall("devices/disk")
+    assert first.find("source").get("file") == str(evil)  # type: ignore[union-attr]
+    assert first.find("target").attrib == {"dev": "vda", "bus": "virtio"}  # type: ignore[union-attr]
+    assert first.find("driver").attrib == {  # type: ignore[union-attr]
+        "name": "qemu",
+        "type": "raw",
+        "cache": "none",
+        "io": "native",
+    }
+    assert first.find("boot").get("order") == "1"  # type: ignore[union-attr]
+    assert first.find("alias").get("name") == "ua-root"  # type: ignore[union-attr]
+    assert second.get("device") == "cdrom"
+    assert second.find("readonly") is not None
+    assert second.find("target").attrib == {"dev": "sda", "bus": "sata"}  # type: ignore[union-attr]
+    assert root.findtext("os/cmdline") == spec.kernel_boot.cmdline  # type: ignore[union-attr]
+
+
+def _libvirt_answers() -> bool:
+    result = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=10, check=False
+    )
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[None]:
+    """libvirtd for qemu:///system, started by hand (no systemd) when not running."""
+    if _libvirt_answers():
+        yield
+        return
+    pid_dir = Path(tempfile.mkdtemp(prefix="dplibvirt-"))
+    started: list[Path] = []
+    try:
+        for daemon in ("virtlogd", "libvirtd"):
+            pidfile = pid_dir / f"{daemon}.pid"
+            subprocess.run([daemon, "-d", "-p", str(pidfile)], check=True, timeout=30)
+            started.append(pidfile)
+        deadline = time.monotonic() + DAEMON_TIMEOUT
+        while not _libvirt_answers():
+            assert time.monotonic() < deadline, "libvirtd did not answer"
+            time.sleep(0.1)
+        yield
+    finally:
+        for pidfile in reversed(started):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            for entry in pid_dir.iterdir():
+                entry.unlink()
+            pid_dir.rmdir()
+
+
+@pytest.fixture
+async def libvirt_agent(
+    data_dir: Path, accel_info: AccelInfo, libvirtd: None
+) -> AsyncIterator[NodeAgent]:
+    node = NodeAgent(AgentSettings(data_dir=data_dir, driver="libvirt"), accel=accel_info)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await kill_all(node)
+
+
+@pytest.mark.guest
+async def test_guest_lifecycle_under_libvirt(
+    libvirt_agent: NodeAgent, tiny_guest: TinyGuest
+) -> None:
+    make_volume(libvirt_agent.settings, "pvc-lv", 8 * MiB)
+    obj = vmi_object(
+        "lv1",
+        tiny_guest,
+        volumes=[{"name": "root", "persistentVolumeClaim": {"claimName": "pvc-lv"}}],
+    )
+    vm = await libvirt_agent.create(obj)
+    assert vm.status()["phase"] == "Running"
+    assert vm.console is not None
+    await vm.console.wait_for(READY, limit=BOOT_TIMEOUT)
+    await vm.console.wait_for("tick 2 ", limit=BOOT_TIMEOUT)
+    await vm.pause()
+    assert (await vm.execute("query-status"))["status"] == "paused"
+    await vm.unpause()
+    await vm.stop()
+    assert POWER_BUTTON_LINE in vm.console.text()
+    assert vm.phase is Phase.SUCCEEDED
+    assert vm.reason == "GuestShutdown"
