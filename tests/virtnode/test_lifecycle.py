@@ -1,6 +1,6 @@
 """Real QEMU booting the tiny guest through the node agent (in-process).
 
-Two boots on one PVC-backed volume: the first checks the ready line, the marker
+Two boots (one test) on one PVC-backed volume: the first checks the ready line, the marker
 written to the volume, the emptyDisk and cloud-init ISO seen by the guest, QEMU's
 user and guest poweroff -> Succeeded; the second reads the marker back
 incremented, then pauses, hotplugs/unplugs, snapshots/commits, mirrors and stops
@@ -34,10 +34,10 @@ pytestmark = pytest.mark.guest
 MiB = 2**20
 
 
-async def test_boot_marker_ephemeral_disks_and_poweroff(
+async def first_boot_marker_ephemeral_disks_and_poweroff(
     agent: NodeAgent, tiny_guest: TinyGuest
-) -> None:
-    make_volume(agent.settings, "pvc-root", 16 * MiB)
+) -> Path:
+    root = make_volume(agent.settings, "pvc-root", 16 * MiB)
     obj = vmi_object(
         "vm1",
         tiny_guest,
@@ -71,13 +71,12 @@ async def test_boot_marker_ephemeral_disks_and_poweroff(
     assert vm.phase is Phase.SUCCEEDED
     assert vm.reason == "GuestShutdown"
     assert not run_dir.exists()
+    return root
 
 
-async def test_second_boot_reads_marker_then_live_operations(
-    agent: NodeAgent, tiny_guest: TinyGuest
-) -> None:
-    root = make_volume(agent.settings, "pvc-root", 16 * MiB)
-    root.write_bytes(b"DISKPLANE-MARKER count=1\n".ljust(512, b"\0") + bytes(16 * MiB - 512))
+async def test_persistence_then_live_operations(agent: NodeAgent, tiny_guest: TinyGuest) -> None:
+    root = await first_boot_marker_ephemeral_disks_and_poweroff(agent, tiny_guest)
+    # A new VMI on the same volume reads the marker back and increments it.
     make_volume(agent.settings, "pvc-hot", 8 * MiB)
     make_volume(agent.settings, "pvc-copy", 16 * MiB)
     obj = vmi_object(
