@@ -7,7 +7,9 @@ Public surface (see docs/virtnode.md): :class:`NodeAgent` with its
 
 from virtnode.agent import NodeAgent, choose_accelerator
 from virtnode.argv import LaunchOptions, LaunchPaths, build_argv
+from virtnode.client import AgentClient
 from virtnode.errors import (
+    AgentUnavailableError,
     ConsoleError,
     DiskError,
     DriverUnavailableError,
@@ -33,7 +35,9 @@ from virtnode.vmtypes import AccelInfo, Phase
 
 __all__ = [
     "AccelInfo",
+    "AgentClient",
     "AgentSettings",
+    "AgentUnavailableError",
     "ConsoleError",
     "DiskError",
     "DriverUnavailableError",

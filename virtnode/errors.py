@@ -17,11 +17,13 @@
      │    └── QmpDisconnectedError  QEMU closed the monitor (usually: it exited)
      ├── ConsoleError           the serial console socket could not be reached
      ├── MigrationError         a live migration failed or was refused
+     ├── AgentUnavailableError  (AgentClient) the node agent's API did not answer
      └── DriverUnavailableError the configured driver (e.g. libvirt) cannot run on this host
 
-Third-party errors (``qemu.qmp``, ``OSError`` from QEMU's sockets) are translated
-in exactly one place each: :mod:`virtnode.qmp` for the monitor, and the module
-that owns the resource for files and processes.
+Third-party errors are translated in exactly one place each: :mod:`virtnode.qmp`
+for ``qemu.qmp``, :mod:`virtnode.libvirt_driver` for libvirt, :mod:`virtnode.client`
+and :mod:`virtnode.migration` for aiohttp client errors, and the module that owns
+the resource for files and processes (``OSError``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ class ConsoleError(VirtnodeError):
 
 class MigrationError(VirtnodeError):
     """A live migration failed or was refused."""
+
+
+class AgentUnavailableError(VirtnodeError):
+    """The node agent's HTTP API did not answer (raised by :class:`virtnode.client.AgentClient`)."""
 
 
 class DriverUnavailableError(VirtnodeError):

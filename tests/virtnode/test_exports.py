@@ -9,7 +9,9 @@ def test_public_names_are_pinned() -> None:
     assert sorted(virtnode.__all__) == sorted(
         [
             "AccelInfo",
+            "AgentClient",
             "AgentSettings",
+            "AgentUnavailableError",
             "ConsoleError",
             "DiskError",
             "DriverUnavailableError",

@@ -18,7 +18,15 @@ import pytest
 
 from tests.virtnode.agentproc import AgentProcess, api, console_until
 from tests.virtnode.conftest import make_volume, vmi_object
-from virtnode import AccelInfo, AgentSettings
+from virtnode import (
+    AccelInfo,
+    AgentClient,
+    AgentSettings,
+    AgentUnavailableError,
+    SpecError,
+    VmNotFoundError,
+    VmStateError,
+)
 from virtnode.tinyguest import TinyGuest
 
 pytestmark = pytest.mark.guest
@@ -98,8 +106,21 @@ async def test_live_then_block_migration(
             copy = dirs[2] / "volumes" / "default" / "pvc-m" / "disk.img"
             assert copy.read_bytes() == source_volume.read_bytes()
             assert copy.read_bytes().startswith(b"DISKPLANE-MARKER count=1")
-            metrics = await (await session.get(a.url + "/metrics")).text()
-            assert 'diskplane_migrations_total{result="succeeded"} 1' in metrics
+            # The Python client sees the same, and maps errors to virtnode's.
+            async with AgentClient(a.url) as client:
+                metrics = await client.metrics()
+                assert 'diskplane_migrations_total{result="succeeded"} 1' in metrics
+                assert (await client.get("default", "mig"))["status"]["reason"] == "Migrated"
+                assert [i["metadata"]["name"] for i in await client.list("default")] == ["mig"]
+                with pytest.raises(VmNotFoundError):
+                    await client.get("default", "nope")
+                with pytest.raises(VmStateError, match="Succeeded"):
+                    await client.action("default", "mig", "pause")
+                with pytest.raises(SpecError):
+                    await client.create({"metadata": {"name": "BAD"}, "spec": {}})
+            async with AgentClient("http://127.0.0.1:9") as dead:
+                with pytest.raises(AgentUnavailableError):
+                    await dead.health()
     finally:
         for agent in (a, b, c):
             await agent.stop()
