@@ -186,7 +186,7 @@ class ImportJob:
         return {
             "id": self.id,
             "ownerUID": self.owner_uid,
-            "source": self.spec.source,
+            "source": redacted_source(self.spec.source),
             "target": self.spec.target.to_json(),
             "size": self.spec.size,
             "sizeBytes": self.spec.size_bytes,
@@ -206,3 +206,16 @@ class ImportJob:
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
         }
+
+
+def redacted_source(source: JsonObject) -> JsonObject:
+    """The source as the API shows it: extra header values (often tokens) hidden."""
+    shown: JsonObject = {}
+    for kind, body in source.items():
+        body = dict(body)
+        if "extraHeaders" in body:
+            body["extraHeaders"] = [
+                f"{str(h).partition(':')[0]}: <redacted>" for h in body["extraHeaders"]
+            ]
+        shown[kind] = body
+    return shown

@@ -100,3 +100,12 @@ async def test_second_import_into_a_busy_volume_conflicts(service: Service) -> N
     assert again.status == 409
     assert first["id"] in (await again.json())["error"]
     await service.client.delete(f"/v1/imports/{first['id']}")
+
+
+async def test_extra_header_values_are_not_echoed(service: Service) -> None:
+    source = {"http": {"url": "http://127.0.0.1:1/x.img", "extraHeaders": ["X-Token: hunter2"]}}
+    job = await service.create(_body(source=source, target={"namespace": "a", "name": "h"}))
+    assert job["source"]["http"]["extraHeaders"] == ["X-Token: <redacted>"]
+    listing = await (await service.client.get("/v1/imports")).text()
+    assert "hunter2" not in listing
+    await service.client.delete(f"/v1/imports/{job['id']}")
