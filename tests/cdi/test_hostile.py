@@ -149,3 +149,17 @@ async def test_wrong_checksum_is_final_and_leaves_no_disk(
         await run_import(pool, ImportRequest("ns", "d", 64 * MiB, source), settings=settings)
     assert image.name in str(info.value)
     assert leftovers(pool.root / "ns" / "d") == []
+
+
+async def test_qemu_img_runs_under_limits(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, base: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    image = convert(base, "qcow2", tmp_path / "d.qcow2")
+    (http_server.root / "d.qcow2").write_bytes(image.read_bytes())
+    source = SourceSpec(kind="http", url=http_server.url("d.qcow2"))
+    starved = replace(settings, qemu_img_memory_bytes=4 * MiB)  # too little to even start
+    with pytest.raises((UnsafeImage, InvalidImage)):
+        await run_import(pool, ImportRequest("ns", "d", 64 * MiB, source), settings=starved)
+    assert leftovers(pool.root / "ns" / "d") == []

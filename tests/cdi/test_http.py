@@ -221,3 +221,24 @@ async def test_missing_source_is_final_and_leaves_nothing(
     assert "AKIA" not in message
     assert leftovers(pool.root / "ns" / "d") == []
     assert len(http_server.log) == 1  # final: never retried
+
+
+async def test_secrets_stay_out_of_logs_and_errors(
+    http_server: FileServer,
+    served: str,
+    pool: VolumePool,
+    settings: ImportSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    http_server.require_basic("carol", "pa55-word-x")
+    url = http_server.url(served) + "?X-Amz-Signature=sig-value-y"
+    with pytest.raises(AuthFailed) as info:
+        await fetch(
+            pool, settings, url, credentials=Credentials(username="carol", password="nope-z")
+        )
+    text = caplog.text + str(info.value)
+    for secret in ("pa55-word-x", "nope-z", "sig-value-y"):
+        assert secret not in text
