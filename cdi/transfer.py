@@ -27,6 +27,15 @@ LocalReader = Callable[[int, int], bytes]
 StreamHandler = Callable[[bytes], int]
 
 
+class _Fill:
+    """A range buffer being filled, and how much of it has arrived."""
+
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+        self.view = memoryview(buf)
+        self.got = 0
+
+
 def split(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, size)) for s in range(0, size, chunk)]
 
@@ -113,25 +122,37 @@ class RangedTransfer:
                 self._changed.notify_all()
 
     async def _fetch(self, start: int, end: int) -> bytearray:
-        buf = bytearray()
+        # One buffer of the final size: growing a bytearray piece by piece copies
+        # every byte about eight times, on the event loop's thread.
+        fill = _Fill(bytearray(end - start))
         budget = RetryBudget(self._settings)
-        while start + len(buf) < end:
-            try:
-                pos = start + len(buf)
-                async with contextlib.aclosing(self._source.stream(pos, end)) as stream:
-                    async for piece in stream:
-                        buf += piece
-                        budget.progressed()
-                        self._tracker.add(read=len(piece))
-                if start + len(buf) < end:
-                    raise SourceUnavailable(
-                        f"{self._source.description} ended the range at byte "
-                        f"{start + len(buf)} instead of {end}; will retry"
-                    )
-            except RetryableImportError as exc:
-                await budget.failed(exc)
-        del buf[end - start :]
-        return buf
+        try:
+            while fill.got < len(fill.buf):
+                try:
+                    await self._fetch_into(fill, start, budget)
+                except RetryableImportError as exc:
+                    await budget.failed(exc)
+        finally:
+            fill.view.release()
+        return fill.buf
+
+    async def _fetch_into(self, fill: _Fill, start: int, budget: RetryBudget) -> None:
+        """Continue filling from ``fill.got``; a drop keeps what arrived."""
+        end = start + len(fill.buf)
+        async with contextlib.aclosing(self._source.stream(start + fill.got, end)) as stream:
+            async for piece in stream:
+                take = min(len(piece), len(fill.buf) - fill.got)
+                fill.view[fill.got : fill.got + take] = (
+                    piece if take == len(piece) else piece[:take]
+                )
+                fill.got += take
+                budget.progressed()
+                self._tracker.add(read=take)
+        if fill.got < len(fill.buf):
+            raise SourceUnavailable(
+                f"{self._source.description} ended the range at byte {start + fill.got} "
+                f"instead of {end}; will retry"
+            )
 
     async def _hash_in_order(self) -> None:
         assert self._hasher is not None
