@@ -25,7 +25,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiohttp
 from yarl import URL
 
-from containerdisk.errors import RegistryError, RegistryUnavailable, UploadFailed
+from containerdisk.errors import (
+    AuthenticationFailed,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+    UploadFailed,
+)
 from containerdisk.reference import Reference
 from containerdisk.registry.blobs import head_blob, push_scope
 from containerdisk.registry.transport import Transport, translate_errors
@@ -59,6 +65,7 @@ class BlobUpload:
         self._what = what
         self._location: str | None = None
         self._open: _StreamingPatch | None = None
+        self._stream_bodies = True  # False once a registry refused a PATCH without Content-Range
         self.offset = 0  # bytes the registry holds
         self.patches = 0
         self.resumes = 0
@@ -103,7 +110,7 @@ class BlobUpload:
         so a failed PATCH can be resumed from the offset the registry reports.
         """
         if self._open is None:
-            self._open = _StreamingPatch(self)
+            self._open = _StreamingPatch(self, stream=self._stream_bodies)
         self._open.feed(data)
         if self._open.size >= self._chunk_size:
             await self._close_patch()
@@ -113,11 +120,19 @@ class BlobUpload:
         if patch is None:
             return
         start = self.offset
+        if not patch.streaming:
+            await self._send(b"".join(patch.pieces), start, failed=False)
+            return
         try:
             await patch.close()
-        except RegistryUnavailable:
+        except (AuthenticationFailed, NotFound):
+            raise
+        except RegistryError as exc:
+            if not isinstance(exc, RegistryUnavailable):
+                # A registry that wants Content-Range on every PATCH: buffer chunks from now on.
+                self._stream_bodies = False
             self.offset = start
-            await self._resume(b"".join(patch.pieces), start)
+            await self._send(b"".join(patch.pieces), start, failed=True)
             return
         self.patches += 1
         self._advance(patch.reported, start + patch.size)
@@ -144,15 +159,17 @@ class BlobUpload:
         )
         resp.release()
 
-    async def _resume(self, chunk: bytes, start: int) -> None:
-        """After a failed PATCH of ``chunk`` (from ``start``): resend from the registry's offset."""
+    async def _send(self, chunk: bytes, start: int, *, failed: bool) -> None:
+        """PATCH ``chunk`` with its Content-Range; after a failure, from the registry's offset."""
         attempts = self._transport.settings.retry_attempts
         delay = self._transport.settings.retry_backoff
         for attempt in range(1, attempts + 1):
-            await asyncio.sleep(min(delay, self._transport.settings.retry_backoff_max))
-            delay *= 2
-            await self._refresh_offset(start, start + len(chunk))
-            self.resumes += 1
+            if failed:
+                await asyncio.sleep(min(delay, self._transport.settings.retry_backoff_max))
+                delay *= 2
+                await self._refresh_offset(start, start + len(chunk))
+                self.resumes += 1
+            failed = True
             skip = self.offset - start
             if skip >= len(chunk):
                 return
@@ -240,15 +257,18 @@ class BlobUpload:
 class _StreamingPatch:
     """A PATCH in flight whose body is fed block by block; keeps the blocks for a resend."""
 
-    def __init__(self, upload: BlobUpload) -> None:
+    def __init__(self, upload: BlobUpload, *, stream: bool) -> None:
         self.pieces: list[bytes] = []
         self.size = 0
         self.reported: int | None = None
+        self.streaming = stream
         # Unbounded, but never holds more than one chunk: the caller closes at chunk_size.
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._task = asyncio.create_task(
-            upload._stream_patch(self._body()), name="containerdisk-patch"
-        )
+        self._task: asyncio.Task[int | None] | None = None
+        if stream:
+            self._task = asyncio.create_task(
+                upload._stream_patch(self._body()), name="containerdisk-patch"
+            )
 
     async def _body(self) -> AsyncIterator[bytes]:
         while (piece := await self._queue.get()) is not None:
@@ -257,16 +277,19 @@ class _StreamingPatch:
     def feed(self, data: bytes) -> None:
         self.pieces.append(data)
         self.size += len(data)
-        self._queue.put_nowait(data)
+        if self._task is not None:
+            self._queue.put_nowait(data)
 
     async def close(self) -> None:
+        assert self._task is not None
         self._queue.put_nowait(None)
         self.reported = await self._task
 
     async def cancel(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 async def upload_bytes(transport: Transport, ref: Reference, data: bytes, digest: str) -> bool:
