@@ -110,7 +110,7 @@ def floor(image: Path, work: Path) -> float:
 async def upload_phase(url: str, image: Path, name: str, size_mib: int) -> float:
     async with ImporterClient(url) as client:
         volume = VolumeRef("bench", name)
-        size = f"{size_mib + 64}Mi"
+        size = f"{capacity_mib(size_mib)}Mi"
         await client.create_import(
             {"source": {"upload": {}}, "target": volume.to_json(), "size": size}
         )
@@ -119,8 +119,15 @@ async def upload_phase(url: str, image: Path, name: str, size_mib: int) -> float
         await client.upload_file(image, volume, token)
         seconds = time.monotonic() - started
         status = await client.upload_status(volume, token)
-        await client.wait(status.job_id)
+        final = await client.wait(status.job_id)
+        if final.phase != "Succeeded":
+            raise RuntimeError(f"upload import failed: {final.message}")
         return seconds
+
+
+def capacity_mib(image_mib: int) -> int:
+    """A capacity whose usable size (94 %, CDI's overhead) holds the image."""
+    return image_mib * 110 // 100 + 64
 
 
 def service_rss(pid: int) -> int:
@@ -176,7 +183,7 @@ def main() -> None:
                 "--volume",
                 "bench/cli",
                 "--size",
-                f"{args.size_mib + 64}Mi",
+                f"{capacity_mib(args.size_mib)}Mi",
                 "--url",
                 url,
             ]
