@@ -45,6 +45,9 @@ async def test_upload_needs_a_valid_token_for_that_volume(service: Service) -> N
         if status == 401:
             assert response.headers["WWW-Authenticate"] == "Bearer"
     assert state.staging.received(state.scheduler.list()[0].id) == 0
+    key = service.settings.state_dir / "upload-token.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (service.settings.state_dir / "jobs.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
 async def test_offsets_and_continuation_rules(service: Service) -> None:
