@@ -94,6 +94,8 @@ def _artifact_segments(manifest: Manifest, what: str) -> tuple[list[_Segment], s
             )
         except (KeyError, ValueError) as exc:
             raise ManifestError(f"{what}: segment {position} lacks index/offset/size") from exc
+    if any(s.size < -1 or s.offset < 0 for s in segments):
+        raise ManifestError(f"{what} has a segment with a negative size or offset")
     segments.sort(key=lambda s: s.index)
     expected = 0
     for seg in segments:
@@ -172,12 +174,21 @@ class RegistryDisk:
         for seg in self._segments[first_segment:]:
             source = blob_chunks(self._transport, self.reference, seg.desc)
             stream = decompress(source, "zstd" if self._zstd else "none")
+            seen = 0
             try:
                 async for piece in stream:
+                    seen += len(piece)
+                    if 0 <= seg.size < seen:
+                        break
                     yield piece
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
                 await source.aclose()  # type: ignore[attr-defined]
+            if seg.size >= 0 and seen != seg.size:
+                raise UnsafeLayer(
+                    f"disk of {self.reference}: segment {seg.index} does not hold the"
+                    f" {seg.size} bytes its annotation says; refused"
+                )
 
     async def read_range(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of an uncompressed artifact (unverified)."""

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from containerdisk import ContainerDiskError, DigestMismatch, RegistryClient, UnsafeLayer
+from containerdisk import (
+    ContainerDiskError,
+    DigestMismatch,
+    RegistryClient,
+    RegistrySettings,
+    UnsafeLayer,
+)
 from tests.containerdisk.conftest import MiB, make_qcow2
 from tests.containerdisk.images import Entry, digest_of, image_bodies, make_tar, push_image
 
@@ -144,3 +153,43 @@ async def test_pinned_manifest_digest_must_match(aiohttp_server, tmp_path: Path)
     async with RegistryClient() as client:
         with pytest.raises(ContainerDiskError):
             await client.resolve(f"127.0.0.1:{server.port}/evil/img@{wrong}")
+
+
+async def test_artifact_segment_lying_about_its_size_is_refused(registry, tmp_path: Path) -> None:
+    disk = tmp_path / "d.raw"
+    disk.write_bytes(os.urandom(3 * MiB))
+    ref = f"{registry.host}/hostile/segments:v1"
+    async with RegistryClient(settings=RegistrySettings(segment_size=1 * MiB)) as client:
+        pushed = await client.push_disk(disk, ref, format="artifact", compression="none")
+        manifest = json.loads(await manifest_body(registry.url, pushed.manifest_digest))
+    manifest["layers"][1]["annotations"]["io.diskplane.segment.size"] = str(MiB - 1)
+    manifest["layers"][2]["annotations"]["io.diskplane.segment.offset"] = str(2 * MiB - 1)
+    body = json.dumps(manifest).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(
+            f"{registry.url}/v2/hostile/segments/manifests/bad",
+            data=body,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        ) as resp,
+    ):
+        assert resp.status == 201
+    (tmp_path / "target").mkdir()
+    disk.unlink()
+    async with RegistryClient() as client:
+        with pytest.raises(UnsafeLayer, match="segment 1"):
+            await client.pull_disk(
+                f"{registry.host}/hostile/segments:bad", tmp_path / "target" / "disk.img"
+            )
+    assert_nothing_written(tmp_path)
+
+
+async def manifest_body(url: str, digest: str) -> bytes:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{url}/v2/hostile/segments/manifests/{digest}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ) as resp,
+    ):
+        return await resp.read()
