@@ -186,6 +186,9 @@ async def _stream_to_registry(
             await upload.abort()
             if attempt == UPLOAD_RESTARTS:
                 raise
+        except asyncio.CancelledError:
+            await upload.abort(delete=False)  # no network round trip while being cancelled
+            raise
         except BaseException:
             await upload.abort()
             raise

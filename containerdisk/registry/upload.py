@@ -137,11 +137,23 @@ class BlobUpload:
         self.patches += 1
         self._advance(patch.reported, start + patch.size)
 
-    async def abort(self) -> None:
-        """Stop a PATCH in flight (the producer failed); the session is left to expire."""
+    async def abort(self, *, delete: bool = True) -> None:
+        """Stop a PATCH in flight and (best effort) cancel the session at the registry."""
         patch, self._open = self._open, None
         if patch is not None:
             await patch.cancel()
+        if delete and self._location is not None:
+            with contextlib.suppress(RegistryError):
+                resp = await self._transport.request(
+                    "DELETE",
+                    self._ref,
+                    self._location,
+                    scope=push_scope(self._ref),
+                    what=f"{self._what} (cancel)",
+                    ok=(204, 200, 202, 404),
+                    retry=False,
+                )
+                resp.release()
 
     async def finish(self, digest: str) -> None:
         """Send what is buffered and commit the blob under ``digest``."""
