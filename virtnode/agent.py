@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from virtnode.containerdisks import NodeDiskCache
@@ -22,6 +23,7 @@ from virtnode.errors import SpecError, VmExistsError, VmNotFoundError
 from virtnode.events import EventBus
 from virtnode.metrics import AgentMetrics
 from virtnode.ownership import qemu_run_as
+from virtnode.process import ProcessIdentity, kill, start_ticks
 from virtnode.rundir import RunDir, existing_run_dirs
 from virtnode.settings import ACCEL_ENV, AgentSettings
 from virtnode.spec import parse_vmi
@@ -52,6 +54,19 @@ async def make_driver(settings: AgentSettings) -> VmDriver:
         await driver.open()
         return driver
     return QemuDriver(settings)
+
+
+def kill_orphan(run: RunDir) -> None:
+    """An agent killed between QEMU's start and state.json leaves a QEMU nobody owns."""
+    try:
+        pid = int(run.launch_paths.pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    ticks = start_ticks(pid)
+    if ticks is not None and str(run.launch_paths.qmp_socket).encode() in cmdline:
+        log.warning("killing QEMU pid %d left by an interrupted create in %s", pid, run.root)
+        kill(ProcessIdentity(pid, ticks))
 
 
 class NodeAgent:
@@ -104,6 +119,7 @@ class NodeAgent:
             spec = parse_vmi(obj)
         except (OSError, ValueError, SpecError) as exc:
             log.warning("removing stale run dir %s: %s", run.root, exc)
+            kill_orphan(run)
             run.remove()
             return
         vm = VirtualMachine(obj, spec, run, self.ctx)
