@@ -172,23 +172,36 @@ class RegistryDisk:
             await self._reader.finish()
             return
         for seg in self._segments[first_segment:]:
-            source = blob_chunks(self._transport, self.reference, seg.desc)
-            stream = decompress(source, "zstd" if self._zstd else "none")
-            seen = 0
-            try:
-                async for piece in stream:
-                    seen += len(piece)
-                    if 0 <= seg.size < seen:
-                        break
+            async with contextlib.aclosing(self._segment_chunks(seg)) as pieces:
+                async for piece in pieces:
                     yield piece
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
-                await source.aclose()  # type: ignore[attr-defined]
-            if seg.size >= 0 and seen != seg.size:
-                raise UnsafeLayer(
-                    f"disk of {self.reference}: segment {seg.index} does not hold the"
-                    f" {seg.size} bytes its annotation says; refused"
-                )
+
+    async def _segment_chunks(self, seg: _Segment) -> AsyncGenerator[bytes, None]:
+        """One segment's bytes, verified (digest, and length against its annotation)."""
+        source = blob_chunks(self._transport, self.reference, seg.desc)
+        stream = decompress(source, "zstd" if self._zstd else "none")
+        seen = 0
+        try:
+            async for piece in stream:
+                seen += len(piece)
+                if 0 <= seg.size < seen:
+                    break
+                yield piece
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            await source.aclose()  # type: ignore[attr-defined]
+        if seg.size >= 0 and seen != seg.size:
+            raise UnsafeLayer(
+                f"disk of {self.reference}: segment {seg.index} does not hold the"
+                f" {seg.size} bytes its annotation says; refused"
+            )
+
+    @property
+    def _parallel_segments(self) -> list[_Segment]:
+        """Segments that can be fetched at once (several, all of known size), else []."""
+        if len(self._segments) > 1 and all(s.size >= 0 for s in self._segments):
+            return list(self._segments)
+        return []
 
     async def read_range(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of an uncompressed artifact (unverified)."""

@@ -16,9 +16,9 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from containerdisk.diskinfo import check_disk, qemu_img_info
+from containerdisk.diskinfo import check_disk, check_stream_head, qemu_img_info
 from containerdisk.oci import Platform
-from containerdisk.pull import open_disk
+from containerdisk.pull import RegistryDisk, _Segment, open_disk
 from containerdisk.reference import Reference
 from containerdisk.registry.transport import Transport
 
@@ -94,6 +94,39 @@ async def _stream_to_fd(
     return offset
 
 
+async def _segments_to_fd(
+    disk: RegistryDisk, segments: list[_Segment], fd: int, progress: Progress | None
+) -> int:
+    """Fetch an artifact's segments ``parallel_blobs`` at a time, each written at its offset."""
+    limit = asyncio.Semaphore(disk._transport.settings.parallel_blobs)
+    total = sum(s.size for s in segments)
+    done = 0
+
+    async def one(seg: _Segment) -> None:
+        nonlocal done
+        async with limit, contextlib.aclosing(disk._segment_chunks(seg)) as pieces:
+            position = seg.offset
+            async for piece in pieces:
+                await asyncio.to_thread(_write_piece, fd, piece, position)
+                position += len(piece)
+                done += len(piece)
+                if progress:
+                    progress("pull", done, total)
+
+    tasks = [
+        asyncio.create_task(one(s), name=f"containerdisk-pull-segment-{s.index}") for s in segments
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    head = await asyncio.to_thread(os.pread, fd, 512, 0)
+    check_stream_head(head, f"disk of {disk.reference}")
+    return total
+
+
 async def pull_disk_to_file(
     transport: Transport,
     ref: Reference,
@@ -108,10 +141,13 @@ async def pull_disk_to_file(
     temp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.partial"
     disk = await open_disk(transport, ref, platform, disk_path)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            async with contextlib.aclosing(disk.chunks()) as chunks:
-                offset = await _stream_to_fd(chunks, fd, disk.size, progress)
+            if segments := disk._parallel_segments:
+                offset = await _segments_to_fd(disk, segments, fd, progress)
+            else:
+                async with contextlib.aclosing(disk.chunks()) as chunks:
+                    offset = await _stream_to_fd(chunks, fd, disk.size, progress)
             await asyncio.to_thread(_finish_file, fd, offset)
         finally:
             os.close(fd)
