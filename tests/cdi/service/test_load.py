@@ -15,8 +15,8 @@ from tests.cdi.service.conftest import MiB, qemu_img, raw_equal, write_sparse_ra
 from tests.cdi.service.servicectl import ServiceProcess
 
 # The documented ceiling (docs/importer-service.md) for 20 concurrent imports.
-RSS_CEILING = 320 * MiB
-IMAGE_SIZE = 12 * MiB
+RSS_CEILING = 384 * MiB
+IMAGE_SIZE = 24 * MiB
 
 
 @pytest.fixture
