@@ -19,11 +19,11 @@ from typing import Any
 from virtnode.containerdisks import NodeDiskCache
 from virtnode.disks import ContainerDiskSource
 from virtnode.driver import QemuDriver, VmDriver
-from virtnode.errors import SpecError, VmExistsError, VmNotFoundError
+from virtnode.errors import LaunchError, SpecError, VmExistsError, VmNotFoundError
 from virtnode.events import EventBus
 from virtnode.metrics import AgentMetrics
-from virtnode.ownership import qemu_run_as
-from virtnode.process import ProcessIdentity, kill, start_ticks
+from virtnode.ownership import check_reachable, qemu_run_as
+from virtnode.process import ProcessIdentity, RunAs, kill, start_ticks
 from virtnode.rundir import RunDir, existing_run_dirs
 from virtnode.settings import ACCEL_ENV, AgentSettings
 from virtnode.spec import parse_vmi
@@ -84,6 +84,7 @@ class NodeAgent:
         self._accel = accel
         self._containerdisks = containerdisks
         self._ctx: NodeContext | None = None
+        self.qemu_user_note = ""
 
     @property
     def ctx(self) -> NodeContext:
@@ -98,6 +99,7 @@ class NodeAgent:
         s.run_dir.chmod(0o711)  # QEMU's user must reach its own run dir, not list others
         driver = await make_driver(s)
         run_as = driver.run_as(await asyncio.to_thread(qemu_run_as, s.qemu_user, s.qemu_uid))
+        run_as = self._reachable_as(run_as)
         accel = self._accel or await choose_accelerator(s)
         self._ctx = NodeContext(
             settings=s,
@@ -111,6 +113,25 @@ class NodeAgent:
         )
         for run in existing_run_dirs(s.run_dir):
             await self._adopt(run)
+
+    def _reachable_as(self, run_as: RunAs | None) -> RunAs | None:
+        """Fall back to the agent's own user when uid 107 cannot reach the data dir at all.
+
+        The usual cause is a data dir under root's home (0700); the fallback keeps the
+        node working and says so in /healthz and every VMI status (``qemu.user``).
+        """
+        self.qemu_user_note = "QEMU runs as the agent's user (the agent is not root)"
+        if run_as is None:
+            return None
+        try:
+            for path in (self.settings.run_dir, self.settings.volumes):
+                check_reachable(path / "probe", run_as)
+        except LaunchError as exc:
+            self.qemu_user_note = f"QEMU runs as root: {exc}"
+            log.warning("%s", self.qemu_user_note)
+            return None
+        self.qemu_user_note = f"QEMU runs as uid {run_as.uid} (gid {run_as.gid})"
+        return run_as
 
     async def _adopt(self, run: RunDir) -> None:
         try:

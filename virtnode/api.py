@@ -147,10 +147,15 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    ctx = _agent(request).ctx
-    return web.json_response(
-        {"status": "ok", "accelerator": {"name": ctx.accel.accel, "reason": ctx.accel.reason}}
-    )
+    agent = _agent(request)
+    ctx = agent.ctx
+    body = {
+        "status": "ok",
+        "accelerator": {"name": ctx.accel.accel, "reason": ctx.accel.reason},
+        "driver": ctx.driver.name,
+        "qemuUser": {"uid": ctx.run_as.uid if ctx.run_as else None, "note": agent.qemu_user_note},
+    }
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

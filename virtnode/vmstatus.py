@@ -43,7 +43,11 @@ def render_status(vm: VirtualMachine) -> dict[str, Any]:
         "nodeName": vm.settings.node_name,
         "conditions": conditions,
         "accelerator": {"name": vm.accel.accel, "reason": vm.accel.reason},
-        "qemu": {"pid": vm.identity.pid if vm.identity else None},
+        "qemu": {
+            "pid": vm.identity.pid if vm.identity else None,
+            "uid": vm.ctx.run_as.uid if vm.ctx.run_as else None,
+            "driver": vm.ctx.driver.name,
+        },
         "volumeStatus": [
             {
                 "name": name,

@@ -61,6 +61,7 @@ async def _run_scenario(
 ) -> None:
     health = await api(session, "GET", agent.url + "/healthz")
     assert health["accelerator"]["name"] == agent.accel
+    assert health["qemuUser"]["uid"] == (107 if os.geteuid() == 0 else None)
     await api(session, "GET", vm_url(agent, "nope"), expect=404)
     bad = vmi_object("bad", guest, volumes=[{"name": "x", "hostDisk": {}}])
     assert "hostDisk" in (await api(session, "POST", agent.url + "/v1/vmis", bad, 422))["message"]

@@ -24,7 +24,15 @@ from tests.virtnode.conftest import (
     qemu_uid,
     vmi_object,
 )
-from virtnode import DiskError, MigrationError, NodeAgent, Phase, VmStateError
+from virtnode import (
+    AccelInfo,
+    AgentSettings,
+    DiskError,
+    MigrationError,
+    NodeAgent,
+    Phase,
+    VmStateError,
+)
 from virtnode.migration import migrate
 from virtnode.tinyguest import TinyGuest
 from virtnode.volumeops import add_volume, commit, mirror, remove_volume, resize, snapshot
@@ -165,3 +173,18 @@ async def test_create_with_missing_volume_fails_cleanly(
     assert vm.reason == "FailedCreate"
     assert vm.identity is None
     assert list(agent.settings.run_dir.iterdir()) == []
+
+
+@pytest.mark.skipif(not is_root(), reason="QEMU's user only differs from the agent's as root")
+async def test_qemu_user_falls_back_when_the_data_dir_is_unreachable(
+    accel_info: AccelInfo, tmp_path: Path
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    node = NodeAgent(AgentSettings(data_dir=private / "data"), accel=accel_info)
+    await node.start()
+    try:
+        assert node.ctx.run_as is None
+        assert f"chmod o+x {private}" in node.qemu_user_note
+    finally:
+        await node.close()
