@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -139,7 +140,21 @@ async def test_guest_lifecycle_under_libvirt(
     await vm.pause()
     assert (await vm.execute("query-status"))["status"] == "paused"
     await vm.unpause()
-    await vm.stop()
+
+    # A restarted agent re-adopts the libvirt domain (QMP passthrough and console again).
+    await libvirt_agent.close()
+    libvirt_agent.vms.clear()
+    again = NodeAgent(libvirt_agent.settings, accel=libvirt_agent.ctx.accel)
+    await again.start()
+    try:
+        vm = again.get("default", "lv1")
+        assert vm.phase is Phase.RUNNING
+        assert (await vm.execute("query-status"))["status"] == "running"
+        assert vm.console is not None
+        await vm.console.wait_for(re.compile(rb"tick \d+ "), since=vm.console.end, limit=10)
+        await vm.stop()
+    finally:
+        await kill_all(again)
     assert POWER_BUTTON_LINE in vm.console.text()
     assert vm.phase is Phase.SUCCEEDED
     assert vm.reason == "GuestShutdown"
