@@ -109,3 +109,15 @@ async def test_extra_header_values_are_not_echoed(service: Service) -> None:
     listing = await (await service.client.get("/v1/imports")).text()
     assert "hunter2" not in listing
     await service.client.delete(f"/v1/imports/{job['id']}")
+
+
+async def test_run_remote_import_follows_the_job_to_its_end(service: Service) -> None:
+    from cdi.service.cli import run_remote_import
+
+    url = str(service.client.make_url(""))
+    body = {"source": {"blank": {}}, "target": {"namespace": "a", "name": "remote"}, "size": "8Mi"}
+    assert await run_remote_import(url, body, label="import blank") == 0
+    assert service.pool.get("a", "remote").state() == "Ready"
+    body["target"] = {"namespace": "a", "name": "remote2"}
+    body["source"] = {"pvc": {"namespace": "a", "name": "missing"}}
+    assert await run_remote_import(url, body) == 1
