@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.virtnode.conftest import BOOT_TIMEOUT, READY, kill_all, make_volume, vmi_object
-from virtnode import AccelInfo, AgentSettings, NodeAgent, Phase
+from virtnode import AccelInfo, AgentSettings, DriverUnavailableError, NodeAgent, Phase
 from virtnode.blockdev import AttachedDisk
 from virtnode.libvirt_driver import domain_name, domain_xml
 from virtnode.rundir import RunDir
@@ -158,3 +158,12 @@ async def test_guest_lifecycle_under_libvirt(
     assert POWER_BUTTON_LINE in vm.console.text()
     assert vm.phase is Phase.SUCCEEDED
     assert vm.reason == "GuestShutdown"
+
+
+async def test_unreachable_libvirt_is_named(data_dir: Path, accel_info: AccelInfo) -> None:
+    uri = "qemu:///system?socket=/nonexistent/libvirt-sock"
+    node = NodeAgent(
+        AgentSettings(data_dir=data_dir, driver="libvirt", libvirt_uri=uri), accel=accel_info
+    )
+    with pytest.raises(DriverUnavailableError, match=r"virtlogd -d; libvirtd -d"):
+        await node.start()
