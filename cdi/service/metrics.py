@@ -63,86 +63,87 @@ class ServiceMetrics:
 
     def render(self, phases: dict[str, int], queue_length: int, running: int) -> str:
         out: list[str] = []
-        series = list(self.jobs.items())
-        _family(
-            out,
-            PROGRESS,
-            "counter",
-            "Import progress in percent, by ownerUID (CDI's name).",
-            ((f'ownerUID="{_esc(uid)}"', s.progress) for uid, s in series),
-        )
-        _family(
-            out,
-            "diskplane_import_source_bytes_total",
-            "counter",
-            "Source bytes read by each job.",
-            ((f'ownerUID="{_esc(uid)}"', s.source_bytes) for uid, s in series),
-        )
-        _family(
-            out,
-            "diskplane_import_written_bytes_total",
-            "counter",
-            "Bytes written to the volume by each job.",
-            ((f'ownerUID="{_esc(uid)}"', s.written_bytes) for uid, s in series),
-        )
-        _family(
-            out,
-            "diskplane_import_jobs",
-            "gauge",
-            "Jobs by phase.",
-            ((f'phase="{_esc(p)}"', n) for p, n in sorted(phases.items())),
-        )
-        _family(
-            out,
-            "diskplane_import_queue_length",
-            "gauge",
-            "Jobs waiting for a slot.",
-            [("", queue_length)],
-        )
-        _family(out, "diskplane_import_running", "gauge", "Jobs transferring now.", [("", running)])
-        _family(
-            out,
-            "diskplane_import_retries_total",
-            "counter",
-            "Job restarts after a retryable failure.",
-            [("", self.retries)],
-        )
-        _family(
-            out,
-            "diskplane_import_failures_total",
-            "counter",
-            "Failed jobs by reason.",
-            ((f'reason="{_esc(r)}"', n) for r, n in sorted(self.failures.items())),
-        )
-        _family(
-            out,
-            "diskplane_import_completed_total",
-            "counter",
-            "Jobs that succeeded.",
-            [("", self.completed)],
-        )
-        _family(
-            out,
-            "diskplane_import_transferred_bytes_total",
-            "counter",
-            "Source bytes read by all jobs.",
-            [("", self.bytes_transferred)],
-        )
-        _family(
-            out,
-            "diskplane_import_volume_written_bytes_total",
-            "counter",
-            "Bytes written to volumes by all jobs.",
-            [("", self.bytes_written)],
-        )
-        _family(
-            out,
-            "diskplane_upload_received_bytes_total",
-            "counter",
-            "Upload bytes received.",
-            [("", self.upload_bytes)],
-        )
+        for name, kind, help_text, samples in self._families(phases, queue_length, running):
+            _family(out, name, kind, help_text, samples)
         return "\n".join(out) + "\n"
+
+    def _families(
+        self, phases: dict[str, int], queue_length: int, running: int
+    ) -> list[tuple[str, str, str, list[tuple[str, float]]]]:
+        series = list(self.jobs.items())
+
+        def per_job(field: str) -> list[tuple[str, float]]:
+            return [(f'ownerUID="{_esc(uid)}"', getattr(s, field)) for uid, s in series]
+
+        return [
+            (
+                PROGRESS,
+                "counter",
+                "Import progress in percent, by ownerUID (CDI's name).",
+                per_job("progress"),
+            ),
+            (
+                "diskplane_import_source_bytes_total",
+                "counter",
+                "Source bytes read by each job.",
+                per_job("source_bytes"),
+            ),
+            (
+                "diskplane_import_written_bytes_total",
+                "counter",
+                "Bytes written to the volume by each job.",
+                per_job("written_bytes"),
+            ),
+            (
+                "diskplane_import_jobs",
+                "gauge",
+                "Jobs by phase.",
+                [(f'phase="{_esc(p)}"', n) for p, n in sorted(phases.items())],
+            ),
+            (
+                "diskplane_import_queue_length",
+                "gauge",
+                "Jobs waiting for a slot.",
+                [("", queue_length)],
+            ),
+            ("diskplane_import_running", "gauge", "Jobs transferring now.", [("", running)]),
+            (
+                "diskplane_import_retries_total",
+                "counter",
+                "Job restarts after a retryable failure.",
+                [("", self.retries)],
+            ),
+            (
+                "diskplane_import_failures_total",
+                "counter",
+                "Failed jobs by reason.",
+                [(f'reason="{_esc(r)}"', n) for r, n in sorted(self.failures.items())],
+            ),
+            (
+                "diskplane_import_completed_total",
+                "counter",
+                "Jobs that succeeded.",
+                [("", self.completed)],
+            ),
+            (
+                "diskplane_import_transferred_bytes_total",
+                "counter",
+                "Source bytes read by all jobs.",
+                [("", self.bytes_transferred)],
+            ),
+            (
+                "diskplane_import_volume_written_bytes_total",
+                "counter",
+                "Bytes written to volumes by all jobs.",
+                [("", self.bytes_written)],
+            ),
+            (
+                "diskplane_upload_received_bytes_total",
+                "counter",
+                "Upload bytes received.",
+                [("", self.upload_bytes)],
+            ),
+        ]
 
 
 def _family(
