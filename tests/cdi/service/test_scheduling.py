@@ -108,3 +108,30 @@ async def test_health_and_readiness(service: Service) -> None:
     ready = await service.client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json()) == {"ready": True}
+
+
+class FlakyRunner(GateRunner):
+    """Fails retryably the first time each job runs, then succeeds."""
+
+    async def run(self, job: Any, on_progress: Any) -> Any:
+        from cdi.service import JobFailed
+
+        if job.spec.target.name not in self.started:
+            self.started.append(job.spec.target.name)
+            raise JobFailed("SourceUnavailable", "the source answered 503", final=False)
+        self.gate(job.spec.target.name).set()
+        return await super().run(job, on_progress)
+
+
+async def test_a_retryable_failure_retries_the_job_and_counts_it(
+    tmp_path: Any, aiohttp_client: Any
+) -> None:
+    from cdi.service import ServiceSettings, create_app
+
+    settings = ServiceSettings(data_dir=tmp_path / "data", job_retry_backoff_seconds=0.01)
+    service = Service(await aiohttp_client(create_app(settings, FlakyRunner())), settings)
+    job = await service.create(_req("a", "flaky"))
+    final = await service.wait(job["id"])
+    assert final["phase"] == "Succeeded"
+    assert final["retries"] == 1
+    assert (await _metrics(service))["diskplane_import_retries_total"][()] == 1
