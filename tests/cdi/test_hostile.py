@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,20 @@ def gzip_bomb(tmp: Path, base: Path) -> Path:
     return tmp / "x.img.gz"
 
 
+def qemu_img_pbkdf(*args: str) -> None:
+    """qemu-img create for LUKS; its PBKDF timing sometimes fails on a busy machine."""
+    for _ in range(4):
+        try:
+            qemu_img(*args)
+            return
+        except subprocess.CalledProcessError as exc:
+            if b"accurate CPU usage" not in exc.stderr:
+                raise
+    qemu_img(*args)
+
+
 def encrypted(tmp: Path, base: Path) -> Path:
-    qemu_img(
+    qemu_img_pbkdf(
         "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=123456",
         "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
         str(tmp / "x.qcow2"), "4M",
@@ -81,7 +94,7 @@ def encrypted(tmp: Path, base: Path) -> Path:
 
 
 def luks(tmp: Path, base: Path) -> Path:
-    qemu_img(
+    qemu_img_pbkdf(
         "create", "-q", "-f", "luks", "--object", "secret,id=s0,data=123456",
         "-o", "key-secret=s0,iter-time=10", str(tmp / "x.img"), "4M",
     )  # fmt: skip
