@@ -71,11 +71,9 @@ async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(target, str) or not target.startswith(("http://", "https://")):
         raise SpecError("migrate needs targetAgent, the target node agent's URL")
     block = bool(body.get("blockMigration", False))
-    settings = vm.settings
     copy = disks_to_copy(vm, block)
-    obj = {k: v for k, v in vm.obj.items() if k != "status"}
     request = {
-        "vmi": obj,
+        "vmi": {k: v for k, v in vm.obj.items() if k != "status"},
         "receive": {a.disk.name: a.path.stat().st_size for a in copy if a.format == "raw"},
         "receiveDisks": [a.disk.name for a in copy],
         "blockMigration": block,
@@ -89,28 +87,11 @@ async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
         try:
             prepared = await _call(http, "POST", f"{target}/v1/migrations/targets", request)
             try:
-                stopped: list[float] = []
-
-                def on_stop(event: QmpEvent) -> None:
-                    if event.name == "STOP":
-                        stopped.append(event.timestamp)
-
-                vm.event_waiters.append(on_stop)
-                try:
-                    stats = await _run(vm, prepared, copy, body)
-                finally:
-                    vm.event_waiters.remove(on_stop)
-                url = _target_vm_url(target, vm) + "/finishmigration"
-                resumed = (await _call(http, "PUT", url, {}))["result"]["resumedAt"]
-                if stopped:
-                    # Guest-visible pause: source vCPUs stopped -> target continued
-                    # (both clocks are this host's; across hosts it needs synced clocks).
-                    stats["switchoverMs"] = round((resumed - stopped[-1]) * 1000, 1)
+                stats = await _hand_over(vm, http, target, prepared, copy, body)
             except BaseException:
                 with contextlib.suppress(MigrationError, aiohttp.ClientError):
-                    await _call(
-                        http, "DELETE", _target_vm_url(target, vm) + "?gracePeriodSeconds=0"
-                    )
+                    url = _target_vm_url(target, vm) + "?gracePeriodSeconds=0"
+                    await _call(http, "DELETE", url)
                 raise
         except BaseException:
             vm.extra.pop("migrating", None)
@@ -122,7 +103,36 @@ async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
     vm.ctx.record_migration("succeeded", stats)
     with contextlib.suppress(QmpError):
         await vm.execute("quit")
-    await vm.wait_finished(settings.quit_timeout)
+    await vm.wait_finished(vm.settings.quit_timeout)
+    return stats
+
+
+async def _hand_over(
+    vm: VirtualMachine,
+    http: aiohttp.ClientSession,
+    target: str,
+    prepared: dict[str, Any],
+    copy: list[AttachedDisk],
+    body: dict[str, Any],
+) -> dict[str, Any]:
+    """Mirror, migrate, let the target run; adds the guest-visible pause to the stats."""
+    stopped: list[float] = []
+
+    def on_stop(event: QmpEvent) -> None:
+        if event.name == "STOP":
+            stopped.append(event.timestamp)
+
+    vm.event_waiters.append(on_stop)
+    try:
+        stats = await _run(vm, prepared, copy, body)
+    finally:
+        vm.event_waiters.remove(on_stop)
+    url = _target_vm_url(target, vm) + "/finishmigration"
+    resumed = (await _call(http, "PUT", url, {}))["result"]["resumedAt"]
+    if stopped:
+        # Source vCPUs stopped -> target continued; both clocks are this host's here,
+        # across hosts this needs synced clocks (QEMU's own downtimeMs does not).
+        stats["switchoverMs"] = round((resumed - stopped[-1]) * 1000, 1)
     return stats
 
 
