@@ -7,11 +7,23 @@ from pathlib import Path
 
 DATA_DIR_ENV = "DISKPLANE_DATA_DIR"
 
+# root's home is mode 0700, so an unprivileged QEMU (uid 107) could not open
+# volumes under it; a system-wide state dir keeps "non-root QEMU" the default.
+SYSTEM_DATA_DIR = Path("/var/lib/diskplane")
+
 
 def default_data_dir() -> Path:
-    """The data dir when neither ``--data-dir`` nor ``DISKPLANE_DATA_DIR`` names one."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "diskplane"
+    """The data dir when neither ``--data-dir`` nor ``DISKPLANE_DATA_DIR`` names one.
+
+    ``$XDG_DATA_HOME/diskplane`` (``~/.local/share/diskplane``) for a user;
+    ``/var/lib/diskplane`` for root unless ``XDG_DATA_HOME`` is set.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return Path(xdg) / "diskplane"
+    if os.geteuid() == 0:
+        return SYSTEM_DATA_DIR
+    return Path.home() / ".local" / "share" / "diskplane"
 
 
 def resolve_data_dir(flag: str | None) -> Path:
