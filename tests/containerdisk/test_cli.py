@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -117,3 +118,39 @@ def test_push_index_command(registry, raw_disk: Callable[..., Path], tmp_path: P
     assert result.returncode == 0, result.stderr
     inspected = diskplane("inspect", f"{repo}:v1", "--platform", "linux/arm64", data_dir=tmp_path)
     assert json.loads(inspected.stdout)["indexDigest"] in result.stdout
+
+
+def test_auth_options_password_file_authfile_and_ca_file(
+    registry_auth, registry_tls, raw_disk: Callable[..., Path], tmp_path: Path
+) -> None:
+    disk = str(raw_disk())
+    secret = tmp_path / "password"
+    secret.write_text(registry_auth.password + "\n")
+    ref = f"{registry_auth.host}/cli/auth:v1"
+    pushed = diskplane(
+        "push",
+        disk,
+        ref,
+        "--raw",
+        "--username",
+        registry_auth.username,
+        "--password-file",
+        str(secret),
+        data_dir=tmp_path,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    token = base64.b64encode(f"{registry_auth.username}:{registry_auth.password}".encode())
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {registry_auth.host: {"auth": token.decode()}}}))
+    pulled = diskplane(
+        "pull", ref, "--to", str(tmp_path / "a.img"), "--authfile", str(authfile), data_dir=tmp_path
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    tls_ref = f"{registry_tls.host}/cli/tls:v1"
+    refused = diskplane("push", disk, tls_ref, "--raw", data_dir=tmp_path)
+    assert refused.returncode == 1
+    assert "--ca-file" in refused.stderr
+    trusted = diskplane(
+        "push", disk, tls_ref, "--raw", "--ca-file", str(registry_tls.ca_file), data_dir=tmp_path
+    )
+    assert trusted.returncode == 0, trusted.stderr
