@@ -321,6 +321,10 @@ VMI_STATUS = Obj(
             Obj({"phase": Str(enum=tuple(VMIPhase)), "phaseTransitionTimestamp": TIME})
         ),
         "machine": Obj({"type": Str()}),
+        # diskplane extensions reported by the node agent
+        "printableStatus": Str(enum=tuple(PrintableStatus)),
+        "accelerator": Obj({"name": Str(), "reason": Str()}),
+        "qemu": Obj({"pid": Int()}),
         "guestOSInfo": UP,
         "migrationState": UP,
         "migrationMethod": UP_STR,

@@ -1,0 +1,139 @@
+"""A VirtualMachine on a DataVolume boots the suite's tiny guest through the node agent,
+then halts: Provisioning -> Running (guest ready line) -> Stopped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdi import VolumePool
+from controllers.api import DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
+from controllers.errors import NotFound
+from controllers.reconcile import Controller, EventRecorder
+from controllers.reconcilers import DataVolumeReconciler, VirtualMachineReconciler
+from controllers.reconcilers.local_importer import LocalImporter
+from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler, forward_agent_events
+from controllers.store import EmbeddedStore
+from virtnode import AccelInfo, AgentSettings, NodeAgent
+from virtnode.accel import AccelChoice
+from virtnode.tinyguest import TinyGuest, kernel_cmdline
+
+WAIT = 120.0
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, guest_accel: AccelChoice
+) -> AsyncIterator[tuple[EmbeddedStore, NodeAgent]]:
+    store = await EmbeddedStore.open(tmp_path)
+    importer = LocalImporter(VolumePool.for_data_dir(tmp_path))
+    accel = AccelInfo(guest_accel.accel, guest_accel.reason, tuple(guest_accel.qemu_args()))
+    agent = NodeAgent(AgentSettings(data_dir=tmp_path), accel=accel)
+    await agent.start()
+    recorder = EventRecorder(store)
+    dvs = Controller("dv", store, DATAVOLUME, DataVolumeReconciler(store, importer, recorder))
+    importer.set_listener(dvs.enqueue)
+    vms = Controller(
+        "vm",
+        store,
+        VIRTUALMACHINE,
+        VirtualMachineReconciler(store, recorder),
+        owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
+    )
+    vmis = Controller(
+        "vmi",
+        store,
+        VIRTUALMACHINEINSTANCE,
+        VirtualMachineInstanceReconciler(store, agent, recorder),
+    )
+    tasks = [
+        asyncio.create_task(dvs.run(), name="dv-controller"),
+        asyncio.create_task(vms.run(), name="vm-controller"),
+        asyncio.create_task(vmis.run(), name="vmi-controller"),
+        asyncio.create_task(forward_agent_events(agent, vmis.enqueue), name="agent-events"),
+    ]
+    try:
+        yield store, agent
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for vm in list(agent.vms.values()):
+            await agent.delete(vm.spec.namespace, vm.spec.name, grace=1)
+        await agent.close()
+        await importer.close()
+        await store.close()
+
+
+def guest_vm(guest: TinyGuest) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "tiny", "namespace": "default"},
+        "spec": {
+            "runStrategy": "Always",
+            "dataVolumeTemplates": [
+                {
+                    "metadata": {"name": "tiny-data"},
+                    "spec": {
+                        "source": {"blank": {}},
+                        "storage": {"resources": {"requests": {"storage": "16Mi"}}},
+                    },
+                }
+            ],
+            "template": {
+                "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "domain": {
+                        "memory": {"guest": "256Mi"},
+                        "firmware": {
+                            "kernelBoot": {
+                                "kernelArgs": kernel_cmdline(mode="wait", markdev="/dev/vda"),
+                                "host": {
+                                    "kernelPath": str(guest.vmlinux),
+                                    "initrdPath": str(guest.initrd),
+                                },
+                            }
+                        },
+                        "devices": {"disks": [{"name": "data", "disk": {"bus": "virtio"}}]},
+                    },
+                    "volumes": [{"name": "data", "dataVolume": {"name": "tiny-data"}}],
+                }
+            },
+        },
+    }
+
+
+async def printable(store: EmbeddedStore, value: str) -> dict[str, Any]:
+    async def follow() -> dict[str, Any]:
+        async for event in store.watch(VIRTUALMACHINE, "default"):
+            if (event.object.get("status") or {}).get("printableStatus") == value:
+                return event.object
+        raise AssertionError("watch ended")
+
+    return await asyncio.wait_for(follow(), WAIT)
+
+
+@pytest.mark.guest
+async def test_vm_boots_the_guest_and_halts(
+    stack: tuple[EmbeddedStore, NodeAgent], tiny_guest: TinyGuest
+) -> None:
+    store, agent = stack
+    await store.create(VIRTUALMACHINE, guest_vm(tiny_guest))
+    running = await printable(store, "Running")
+    assert running["status"]["ready"] is True
+    vm = agent.get("default", "tiny")
+    await vm.console.wait_for(tiny_guest.ready_line, limit=WAIT)
+    vmi = await store.get(VIRTUALMACHINEINSTANCE, "default", "tiny")
+    assert vmi["status"]["phase"] == "Running"
+    assert vmi["status"]["accelerator"]["name"] in ("tcg", "kvm")
+
+    current = await store.get(VIRTUALMACHINE, "default", "tiny")
+    current["spec"]["runStrategy"] = "Halted"
+    await store.update(VIRTUALMACHINE, current)
+    await printable(store, "Stopped")
+    with pytest.raises(NotFound):
+        await store.get(VIRTUALMACHINEINSTANCE, "default", "tiny")
+    assert agent.list() == []
