@@ -12,6 +12,7 @@ from cdi import Progress
 from cdi.cli import ProgressPrinter
 from tests.cdi.conftest import same_disk
 from tests.support.http_server import FileServer
+from tests.support.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,3 +102,20 @@ def test_progress_bar_on_a_terminal() -> None:
     assert "45.00%" in text
     assert "10 MiB/s" in text
     assert "ETA 6s" in text or "ETA 5s" in text
+
+
+def test_s3_url_with_endpoint_and_keys(s3_server: S3Server, tmp_path: Path, base: Path) -> None:
+    s3_server.create_bucket("disks")
+    s3_server.put_object("disks", "d.raw", base.read_bytes())
+    secret = tmp_path / "s3.yaml"
+    secret.write_text(
+        f"stringData:\n  accessKeyId: {s3_server.access_key}\n  secretKey: {s3_server.secret_key}\n"
+    )
+    run = diskplane(
+        tmp_path / "data", "s3://disks/d.raw", "--s3-endpoint", s3_server.endpoint_url,
+        "--secret-file", str(secret), "--volume", "ns/s3", "--size", "64Mi",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    from cdi import VolumePool
+
+    assert same_disk(base, VolumePool.for_data_dir(tmp_path / "data").get("ns", "s3"))
