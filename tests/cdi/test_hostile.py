@@ -101,6 +101,10 @@ def luks(tmp: Path, base: Path) -> Path:
     return tmp / "x.img"
 
 
+def extended_l2(tmp: Path, base: Path) -> Path:
+    return convert(base, "qcow2", tmp / "x.qcow2", "-o", "extended_l2=on,cluster_size=128k")
+
+
 CASES = [
     (backing_file, UnsafeImage, "backing file"),
     (external_data_file, UnsafeImage, "external data file"),
@@ -111,6 +115,7 @@ CASES = [
     (gzip_bomb, ImageTooLarge, "expands past 60 MiB"),
     (encrypted, (UnsupportedFormat, UnsafeImage), "encrypt"),
     (luks, UnsupportedFormat, "luks"),
+    (extended_l2, UnsupportedFormat, "extended L2"),
 ]
 
 
