@@ -242,3 +242,18 @@ async def test_secrets_stay_out_of_logs_and_errors(
     text = caplog.text + str(info.value)
     for secret in ("pa55-word-x", "nope-z", "sig-value-y"):
         assert secret not in text
+
+
+async def test_dropped_compressed_stream_resumes_at_its_offset(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, base: Path
+) -> None:
+    from tests.cdi.conftest import compress
+
+    packed = compress(base, "xz")
+    (http_server.root / "d.img.xz").write_bytes(packed.read_bytes())
+    size = packed.stat().st_size
+    http_server.set_faults("d.img.xz", Faults(drop_after=size // 4, drop_times=3))
+    result = await fetch(pool, settings, http_server.url("d.img.xz"))
+    assert same_disk(base, result.volume)
+    fetched = sum(r.bytes_sent for r in http_server.log if r.method == "GET")
+    assert fetched < size + 64 * 1024 + size // 4  # each drop resumed where it stopped
