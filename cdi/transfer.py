@@ -78,9 +78,13 @@ class RangedTransfer:
         return self._journal is not None and self._journal.contains(start, end)
 
     async def run(self) -> None:
-        coros = {
-            f"import-fetch-{i}": self._worker() for i in range(max(1, self._settings.concurrency))
-        }
+        # Fetchers and writers meet at a small queue, so the network never waits
+        # for the disk (and a single connection still overlaps both).
+        writers = max(1, self._settings.decode_threads)
+        queue: asyncio.Queue[tuple[int, bytearray] | None] = asyncio.Queue(maxsize=writers)
+        coros = {"import-fetch": self._fetch_all(queue, writers)}
+        for i in range(writers):
+            coros[f"import-write-{i}"] = self._write_loop(queue)
         if self._hasher is not None:
             coros["import-hash"] = self._hash_in_order()
         saver = None
@@ -93,6 +97,14 @@ class RangedTransfer:
                 saver.cancel()
                 await asyncio.gather(saver, return_exceptions=True)
             await self._save_journal()
+
+    async def _fetch_all(
+        self, queue: asyncio.Queue[tuple[int, bytearray] | None], writers: int
+    ) -> None:
+        fetchers = max(1, self._settings.concurrency)
+        await run_named({f"import-fetch-{i}": self._fetcher(queue) for i in range(fetchers)})
+        for _ in range(writers):
+            await queue.put(None)
 
     async def _take(self) -> int | None:
         async with self._changed:
@@ -107,11 +119,16 @@ class RangedTransfer:
                     return index
                 await self._changed.wait()
 
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _fetcher(self, queue: asyncio.Queue[tuple[int, bytearray] | None]) -> None:
         while (index := await self._take()) is not None:
             start, end = self._ranges[index]
-            data = await self._fetch(start, end)
+            await queue.put((index, await self._fetch(start, end)))
+
+    async def _write_loop(self, queue: asyncio.Queue[tuple[int, bytearray] | None]) -> None:
+        loop = asyncio.get_running_loop()
+        while (item := await queue.get()) is not None:
+            index, data = item
+            start, end = self._ranges[index]
             written = await loop.run_in_executor(self._executor, self._handler, start, data)
             self._tracker.add(written=written)
             if self._journal is not None:
