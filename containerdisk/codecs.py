@@ -27,6 +27,7 @@ COMPRESSIONS: tuple[Compression, ...] = ("gzip", "zstd", "none")
 GZIP_LEVEL = 1  # ISA-L levels are 0-3; 1 is its fast default with zlib-like ratios
 ZSTD_LEVEL = 3
 OUTPUT_PIECE = 1024 * 1024
+OUTPUT_BATCH = 4  # pieces handed over per thread hop (so at most 4 MiB in flight)
 _INPUT_QUEUE = 4
 _GZIP_ERROR = cast(type[Exception], zlib.error)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -130,14 +131,14 @@ async def decompress(
 
     async def feed() -> None:
         async for chunk in source:
-            await asyncio.to_thread(inbox.put, chunk)
-        await asyncio.to_thread(inbox.put, None)
+            await _put(inbox, chunk)
+        await _put(inbox, None)
 
     feeder = asyncio.create_task(feed(), name="containerdisk-decompress-feed")
-    pending: asyncio.Future[bytes | None] | None = None
+    pending: asyncio.Future[list[bytes]] | None = None
     try:
         while True:
-            pending = asyncio.ensure_future(asyncio.to_thread(next, gen, None))
+            pending = asyncio.ensure_future(asyncio.to_thread(_next_batch, gen))
             while not pending.done():
                 waiters: set[asyncio.Future[Any]] = {pending}
                 if not feeder.done():
@@ -147,10 +148,11 @@ async def decompress(
                     _unblock(inbox)
                     await asyncio.wait({pending})
                     feeder.result()  # the source's own error wins
-            piece = pending.result()
-            if piece is None:
-                break
-            yield piece
+            batch = pending.result()
+            for piece in batch:
+                yield piece
+            if len(batch) < OUTPUT_BATCH:
+                break  # the generator ended
         await feeder
     finally:
         feeder.cancel()
@@ -163,6 +165,23 @@ async def decompress(
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()  # the source is ours to end, wherever the feeder stopped
+
+
+def _next_batch(gen: Iterator[bytes]) -> list[bytes]:
+    """Up to OUTPUT_BATCH pieces per thread hop; fewer only at the end of the stream."""
+    out: list[bytes] = []
+    for piece in gen:
+        out.append(piece)
+        if len(out) == OUTPUT_BATCH:
+            break
+    return out
+
+
+async def _put(inbox: queue.Queue[bytes | None], item: bytes | None) -> None:
+    try:
+        inbox.put_nowait(item)  # the usual case: no thread hop
+    except queue.Full:
+        await asyncio.to_thread(inbox.put, item)
 
 
 def _unblock(inbox: queue.Queue[bytes | None]) -> None:
