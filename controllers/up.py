@@ -1,9 +1,10 @@
 """``diskplane up``: the embedded stack in one process, state in the data dir.
 
-Today it runs the embedded store, the DataVolume controller with the
-in-process importer (volumes under ``<data_dir>/volumes``) and the
-VirtualMachine controller (DataVolumes and VMIs per runStrategy). The importer
-service, the node agent and the VM controllers join here as they land. A
+It runs the embedded store, the DataVolume controller with the in-process
+importer (volumes under ``<data_dir>/volumes``), the VirtualMachine
+controller (DataVolumes and VMIs per runStrategy) and the VMI controller on
+the in-process node agent (guests keep running when ``up`` stops; the next
+``up`` re-adopts them). The importer *service* joins here later. A
 Lease in the store makes a second ``up`` on the same data dir wait instead of
 reconciling twice. SIGINT/SIGTERM stop it cleanly; restarting keeps every
 object (SQLite) and every finished volume.
@@ -25,8 +26,10 @@ from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers.datavolume import DataVolumeReconciler
 from controllers.reconcilers.local_importer import LocalImporter
 from controllers.reconcilers.virtualmachine import VirtualMachineReconciler
+from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler, forward_agent_events
 from controllers.store.embedded import EmbeddedStore
 from controllers.store.leader import LeaderElector
+from virtnode import AgentSettings, NodeAgent
 
 LEASE_NAME = "diskplane-up"
 LEASE_NAMESPACE = "diskplane-system"
@@ -47,6 +50,7 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         VirtualMachineReconciler(store, recorder),
         owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
     )
+    agent = NodeAgent(AgentSettings(data_dir=args.data_dir))
     identity = f"{socket.gethostname()}-{os.getpid()}"
     elector = LeaderElector(store, LEASE_NAME, identity, LEASE_NAMESPACE)
     leading = asyncio.Event()
@@ -58,10 +62,21 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             stopping = group.create_task(stop.wait(), name="up-wait-stop")
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():
+                await agent.start()  # re-adopts guests a previous `up` left running
+                vmis = Controller(
+                    "virtualmachineinstances",
+                    store,
+                    VIRTUALMACHINEINSTANCE,
+                    VirtualMachineInstanceReconciler(store, agent, recorder),
+                )
                 print("diskplane up: controllers running; Ctrl-C stops", flush=True)
                 runners = [
                     group.create_task(controller.run(), name="up-datavolume-controller"),
                     group.create_task(vms.run(), name="up-virtualmachine-controller"),
+                    group.create_task(vmis.run(), name="up-vmi-controller"),
+                    group.create_task(
+                        forward_agent_events(agent, vmis.enqueue), name="up-agent-events"
+                    ),
                 ]
                 await stopping
                 for runner in runners:
@@ -69,6 +84,7 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             waiting.cancel()
             campaign.cancel()
     finally:
+        await agent.close()  # guests keep running; the next `up` re-adopts them
         await importer.close()
         await store.close()
     print("diskplane up: stopped", flush=True)

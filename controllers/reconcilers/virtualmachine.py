@@ -9,9 +9,10 @@ A VMI is created once every DataVolume the template uses has Succeeded.
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
-from controllers.api.common import ConditionStatus
+from controllers.api.common import ConditionStatus, parse_time
 from controllers.api.datavolume import DataVolumePhase
 from controllers.api.kinds import DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
 from controllers.api.virtualmachine import PrintableStatus as PS
@@ -24,6 +25,9 @@ from controllers.reconcilers.importer import Key
 from controllers.store.protocol import Object, Store
 
 _FINISHED = {VMIPhase.SUCCEEDED, VMIPhase.FAILED}
+# Crash-loop backoff of a VM whose VMI keeps failing: 10 s, 20 s, ... at most 5 min.
+CRASH_BACKOFF_BASE_S = 10.0
+CRASH_BACKOFF_MAX_S = 300.0
 
 
 def run_strategy(vm: Object) -> RunStrategy:
@@ -52,8 +56,15 @@ def datavolume_names(vm: Object) -> list[str]:
 
 
 class VirtualMachineReconciler:
-    def __init__(self, store: Store, recorder: EventRecorder) -> None:
+    def __init__(
+        self,
+        store: Store,
+        recorder: EventRecorder,
+        *,
+        crash_backoff_s: tuple[float, float] = (CRASH_BACKOFF_BASE_S, CRASH_BACKOFF_MAX_S),
+    ) -> None:
         self.store, self.recorder = store, recorder
+        self.crash_backoff_s = crash_backoff_s
 
     async def reconcile(self, key: Key) -> Result:
         try:
@@ -66,9 +77,9 @@ class VirtualMachineReconciler:
         await self._ensure_datavolumes(vm, namespace)
         dvs = await self._datavolumes(vm, namespace)
         vmi = await self._vmi(namespace, key[1])
-        vmi = await self._converge(vm, vmi, dvs)
+        vmi, wait = await self._converge(vm, vmi, dvs)
         await self._publish(vm, vmi, dvs)
-        return Result()
+        return Result(requeue_after=wait)
 
     async def _ensure_datavolumes(self, vm: Object, namespace: str) -> None:
         for template in vm["spec"].get("dataVolumeTemplates") or []:
@@ -96,7 +107,8 @@ class VirtualMachineReconciler:
 
     async def _converge(
         self, vm: Object, vmi: Object | None, dvs: dict[str, Object | None]
-    ) -> Object | None:
+    ) -> tuple[Object | None, float | None]:
+        """Create or delete the VMI; return it and how long a crash-loop backoff waits."""
         strategy = run_strategy(vm)
         phase = (vmi or {}).get("status", {}).get("phase", "")
         deleting = bool(vmi and vmi["metadata"].get("deletionTimestamp"))
@@ -110,9 +122,11 @@ class VirtualMachineReconciler:
                 )
             )
             if should_stop:
+                if failed and strategy != RunStrategy.HALTED:
+                    vm = await self._note_failure(vm, vmi)
                 await self.store.delete(VIRTUALMACHINEINSTANCE, *_key(vmi))
-                return await self._vmi(*_key(vmi))
-            return vmi
+                return await self._vmi(*_key(vmi)), None
+            return vmi, None
         wants = strategy in (RunStrategy.ALWAYS, RunStrategy.RERUN_ON_FAILURE) or (
             strategy == RunStrategy.ONCE and not (vm.get("status") or {}).get("created")
         )
@@ -120,9 +134,36 @@ class VirtualMachineReconciler:
             dv is not None and (dv.get("status") or {}).get("phase") == DataVolumePhase.SUCCEEDED
             for dv in dvs.values()
         )
-        if vmi is None and wants and ready:
-            return await self._create_vmi(vm)
-        return vmi
+        wait = backoff_remaining(vm)
+        if vmi is None and wants and ready and wait is None:
+            return await self._create_vmi(vm), None
+        return vmi, wait
+
+    async def _note_failure(self, vm: Object, vmi: Object) -> Object:
+        """Count a failed run and set when the next may start (KubeVirt's startFailure)."""
+        failure = (vm.get("status") or {}).get("startFailure") or {}
+        count = int(failure.get("consecutiveFailCount", 0)) + 1
+        base, cap = self.crash_backoff_s
+        delay = min(base * 2 ** (count - 1), cap)
+        retry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay)
+        await self.recorder.record(
+            vm,
+            EventKind.WARNING,
+            "FailedRun",
+            f"VMI {vmi['metadata']['name']} failed; "
+            f"restarting in {delay:.0f} s ({count} failure(s) in a row)",
+        )
+        return await self.store.patch_status(
+            VIRTUALMACHINE,
+            *_key(vm),
+            {
+                "startFailure": {
+                    "consecutiveFailCount": count,
+                    "lastFailedVMIUID": vmi["metadata"]["uid"],
+                    "retryAfterTimestamp": retry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            },
+        )
 
     async def _create_vmi(self, vm: Object) -> Object:
         template = vm["spec"]["template"]
@@ -166,14 +207,28 @@ class VirtualMachineReconciler:
             "observedGeneration": vm["metadata"].get("generation", 1),
             "conditions": conditions,
         }
+        if old.get("startFailure") and (vmi or {}).get("status", {}).get("phase") == "Running":
+            new["startFailure"] = None  # a run that got going ends the crash loop
         if _strip(old) != _strip(new):
             await self.store.patch_status(VIRTUALMACHINE, *_key(vm), new)
+
+
+def backoff_remaining(vm: Object) -> float | None:
+    """Seconds until a crash-looping VM may start again, or None."""
+    failure = (vm.get("status") or {}).get("startFailure") or {}
+    retry = failure.get("retryAfterTimestamp")
+    if not retry:
+        return None
+    left = (parse_time(retry) - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return left if left > 0 else None
 
 
 def printable_status(vm: Object, vmi: Object | None, dvs: dict[str, Object | None]) -> PS:
     """KubeVirt's printableStatus from the VM, its VMI and its DataVolumes."""
     if vm["metadata"].get("deletionTimestamp"):
         return PS.TERMINATING
+    if vmi is None and backoff_remaining(vm) is not None:
+        return PS.CRASH_LOOP_BACK_OFF
     phases = [(dv or {}).get("status", {}).get("phase") for dv in dvs.values()]
     if vmi is None or not vmi.get("status"):
         if any(p == DataVolumePhase.FAILED for p in phases):

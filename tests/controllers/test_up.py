@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from controllers.api import DATAVOLUME, VIRTUALMACHINE
 from controllers.store import EmbeddedStore
@@ -107,25 +110,45 @@ spec:
         storage: {resources: {requests: {storage: 16Mi}}}
   template:
     spec:
+      terminationGracePeriodSeconds: 1
       domain:
+        memory: {guest: 64Mi}
         devices:
           disks: [{name: root, disk: {bus: virtio}}]
       volumes: [{name: root, dataVolume: {name: tiny-root}}]
 """
 
 
+def kill_leftover_qemu(data_dir: Path) -> None:
+    """Safety net for a failed test: QEMUs this test's agent started (they outlive `up`)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and str(data_dir).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+@pytest.mark.guest
 def test_up_runs_vms_and_the_cli_stops_and_starts_them(tmp_path: Path) -> None:
     process, _ = start_up(tmp_path)
     try:
         applied = diskplane(tmp_path, "apply", "-f", "-", stdin=VM_YAML)
         assert applied.returncode == 0, applied.stderr
-        asyncio.run(wait_vm(tmp_path, "tiny", "Starting"))  # no node agent yet: no Running
+        asyncio.run(wait_vm(tmp_path, "tiny", "Running"))  # QEMU runs (no OS on a blank disk)
         assert diskplane(tmp_path, "stop", "tiny").returncode == 0
         asyncio.run(wait_vm(tmp_path, "tiny", "Stopped"))
         assert diskplane(tmp_path, "get", "vmi", "-o", "name").stdout == ""
         assert diskplane(tmp_path, "start", "tiny").returncode == 0
-        asyncio.run(wait_vm(tmp_path, "tiny", "Starting"))
+        asyncio.run(wait_vm(tmp_path, "tiny", "Running"))
         table = diskplane(tmp_path, "get", "vm", "tiny").stdout.splitlines()
-        assert table[1].split()[2] == "Starting"
+        assert table[1].split()[2:4] == ["Running", "True"]
+        assert diskplane(tmp_path, "stop", "tiny").returncode == 0
+        asyncio.run(wait_vm(tmp_path, "tiny", "Stopped"))
     finally:
         assert stop(process) == 0
+        kill_leftover_qemu(tmp_path)

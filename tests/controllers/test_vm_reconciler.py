@@ -36,7 +36,7 @@ async def store(tmp_path: Path) -> AsyncIterator[EmbeddedStore]:
         "virtualmachines",
         store,
         VIRTUALMACHINE,
-        VirtualMachineReconciler(store, recorder),
+        VirtualMachineReconciler(store, recorder, crash_backoff_s=(0.2, 1.0)),
         owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
     )
     tasks = [
@@ -141,6 +141,12 @@ async def test_rerun_on_failure_recreates_a_failed_vmi(store: EmbeddedStore) -> 
 
     second = await asyncio.wait_for(replaced(), WAIT)
     assert second["metadata"]["name"] == "job"
+    status = (await store.get(VIRTUALMACHINE, "default", "job"))["status"]
+    assert status["startFailure"]["consecutiveFailCount"] == 1
+    assert status["startFailure"]["lastFailedVMIUID"] == first["metadata"]["uid"]
+    await agent_reports(store, "job", "Running", ready=True)
+    running = await vm_until(store, "job", printable("Running"))
+    assert "startFailure" not in running["status"]  # a good run ends the crash loop
 
 
 async def test_failed_import_shows_data_volume_error(
