@@ -269,6 +269,33 @@ async def restart(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _set_paused(args: argparse.Namespace, paused: bool) -> None:
+    from controllers.reconcilers.vmi import PAUSE_ANNOTATION
+
+    async with open_store(args) as store:
+        for _ in range(APPLY_CONFLICT_RETRIES):
+            vmi = await store.get(VIRTUALMACHINEINSTANCE, args.namespace, args.name)
+            annotations = vmi["metadata"].setdefault("annotations", {})
+            annotations[PAUSE_ANNOTATION] = "true" if paused else "false"
+            try:
+                await store.update(VIRTUALMACHINEINSTANCE, vmi)
+                return
+            except Conflict:
+                continue
+
+
+async def pause(args: argparse.Namespace) -> int:
+    await _set_paused(args, True)
+    print(f"VMI {args.name} was scheduled to pause")
+    return 0
+
+
+async def unpause(args: argparse.Namespace) -> int:
+    await _set_paused(args, False)
+    print(f"VMI {args.name} was scheduled to unpause")
+    return 0
+
+
 # -- parser --------------------------------------------------------------
 
 
@@ -321,6 +348,8 @@ def register(subparsers: Any) -> None:
         ("start", start, "start a VirtualMachine (runStrategy Always)"),
         ("stop", stop, "stop a VirtualMachine (runStrategy Halted)"),
         ("restart", restart, "restart a VirtualMachine (its VMI is replaced)"),
+        ("pause", pause, "pause a running VirtualMachine's guest"),
+        ("unpause", unpause, "resume a paused VirtualMachine's guest"),
     ):
         p = subparsers.add_parser(verb, help=text)
         p.add_argument("name", help="VirtualMachine name")

@@ -24,6 +24,8 @@ from virtnode import NodeAgent, VirtnodeError, VmNotFoundError
 log = logging.getLogger(__name__)
 
 FINALIZER = "diskplane.io/virtualmachineinstance"
+# `diskplane pause|unpause` set this annotation; the reconciler makes the guest match it.
+PAUSE_ANNOTATION = "diskplane.io/paused"
 # Status fields the agent reports that the VMI keeps.
 MIRRORED = (
     "phase",
@@ -64,9 +66,12 @@ class VirtualMachineInstanceReconciler:
 
     async def _run(self, vmi: Object, key: Key) -> dict[str, Any] | None:
         try:
-            return dict(self.agent.get(*key).status())
+            vm = self.agent.get(*key)
         except VmNotFoundError:
             pass
+        else:
+            await self._pause_as_asked(vmi, vm)
+            return dict(vm.status())
         if (vmi.get("status") or {}).get("phase") in (VMIPhase.SUCCEEDED, VMIPhase.FAILED):
             return None  # it ran and ended; a VMI is never started twice
         try:
@@ -77,6 +82,18 @@ class VirtualMachineInstanceReconciler:
         node = vm.status().get("nodeName", "this node")
         await self.recorder.record(vmi, EventKind.NORMAL, "Created", f"VMI started on {node}")
         return dict(vm.status())
+
+    async def _pause_as_asked(self, vmi: Object, vm: Any) -> None:
+        annotations = vmi["metadata"].get("annotations") or {}
+        wanted = annotations.get(PAUSE_ANNOTATION)
+        if wanted is None or vm.status().get("phase") != VMIPhase.RUNNING:
+            return
+        if wanted == "true" and not vm.paused:
+            await vm.pause()
+            await self.recorder.record(vmi, EventKind.NORMAL, "Paused", "VMI paused")
+        elif wanted == "false" and vm.paused:
+            await vm.unpause()
+            await self.recorder.record(vmi, EventKind.NORMAL, "Unpaused", "VMI unpaused")
 
     async def _stop(self, key: Key) -> None:
         try:

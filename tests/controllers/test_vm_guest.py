@@ -16,7 +16,11 @@ from controllers.errors import NotFound
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers import DataVolumeReconciler, VirtualMachineReconciler
 from controllers.reconcilers.local_importer import LocalImporter
-from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler, forward_agent_events
+from controllers.reconcilers.vmi import (
+    PAUSE_ANNOTATION,
+    VirtualMachineInstanceReconciler,
+    forward_agent_events,
+)
 from controllers.store import EmbeddedStore
 from virtnode import AccelInfo, AgentSettings, NodeAgent
 from virtnode.accel import AccelChoice
@@ -129,6 +133,13 @@ async def test_vm_boots_the_guest_and_halts(
     vmi = await store.get(VIRTUALMACHINEINSTANCE, "default", "tiny")
     assert vmi["status"]["phase"] == "Running"
     assert vmi["status"]["accelerator"]["name"] in ("tcg", "kvm")
+
+    # pause/unpause as `diskplane pause|unpause` ask for it
+    for flag, wanted in (("true", "Paused"), ("false", "Running")):
+        vmi = await store.get(VIRTUALMACHINEINSTANCE, "default", "tiny")
+        vmi["metadata"].setdefault("annotations", {})[PAUSE_ANNOTATION] = flag
+        await store.update(VIRTUALMACHINEINSTANCE, vmi)
+        await printable(store, wanted)
 
     current = await store.get(VIRTUALMACHINE, "default", "tiny")
     current["spec"]["runStrategy"] = "Halted"
