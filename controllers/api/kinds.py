@@ -133,6 +133,7 @@ PERSISTENTVOLUMECLAIM = ResourceKind(
 EVENT = ResourceKind("", "v1", "Event", "events", "event", ("ev",))
 LEASE = ResourceKind("coordination.k8s.io", "v1", "Lease", "leases", "lease")
 NAMESPACE = ResourceKind("", "v1", "Namespace", "namespaces", "namespace", ("ns",), False)
+SECRET = ResourceKind("", "v1", "Secret", "secrets", "secret")
 
 CUSTOM_KINDS: tuple[ResourceKind, ...] = (DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE)
 ALL_KINDS: tuple[ResourceKind, ...] = (

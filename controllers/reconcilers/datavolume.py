@@ -7,13 +7,14 @@ A finalizer makes deletion cancel the job and remove the volume first.
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
 from controllers.api.common import ConditionStatus, now_rfc3339, parse_quantity
 from controllers.api.datavolume import DataVolumeConditionType as Cond
 from controllers.api.datavolume import DataVolumePhase as Phase
-from controllers.api.kinds import DATAVOLUME
+from controllers.api.kinds import DATAVOLUME, SECRET
 from controllers.errors import NotFound
 from controllers.reconcile.controller import Result
 from controllers.reconcile.events import EventKind, EventRecorder
@@ -46,6 +47,13 @@ def requested_size(spec: dict[str, Any], overhead: float = FILESYSTEM_OVERHEAD) 
     if "storage" in spec and claim.get("volumeMode") != "Block":
         return math.ceil(math.ceil(size / MiB) * MiB * (1 + overhead))
     return size
+
+
+def secret_data(secret: Object) -> dict[str, str]:
+    """A Secret's ``data`` (base64) and ``stringData`` as plain strings."""
+    values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    values.update(secret.get("stringData") or {})
+    return values
 
 
 def set_condition(
@@ -123,10 +131,20 @@ class DataVolumeReconciler:
             size=size,
             source=source,
             preallocation=bool(dv["spec"].get("preallocation", False)),
+            credentials=await self._credentials(md.get("namespace") or "default", source),
         )
         state = await self.importer.ensure(job)
         await self._publish(dv, _PHASES[state.state], state, bound)
         return Result()
+
+    async def _credentials(self, namespace: str, source: dict[str, Any]) -> dict[str, str] | None:
+        """The ``secretRef`` Secret's keys; a missing Secret fails the reconcile (retried)."""
+        body = next(iter(source.values()), None) or {}
+        name = body.get("secretRef") if isinstance(body, dict) else None
+        if not name:
+            return None
+        secret = await self.store.get(SECRET, namespace, name)
+        return secret_data(secret)
 
     async def _finalize(self, dv: Object) -> None:
         md = dv["metadata"]

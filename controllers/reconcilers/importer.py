@@ -32,6 +32,8 @@ class ImportJob:
     size: int
     source: Mapping[str, Any]
     preallocation: bool = False
+    # The source's secretRef, resolved: CDI's keys (accessKeyId/secretKey, ...).
+    credentials: Mapping[str, str] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> Key:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cdi import (
+    Credentials,
     FinalImportError,
     ImportRequest,
     ImportSettings,
@@ -96,7 +97,8 @@ class LocalImporter:
             ref = source.pop("pvc") or {}
             volume = self.pool.get(ref.get("namespace") or job.namespace, ref["name"])
             source["file"] = {"path": str(volume.disk_path)}
-        spec = SourceSpec.from_cdi(source)
+        credentials = Credentials.from_mapping(job.credentials) if job.credentials else None
+        spec = SourceSpec.from_cdi(source, credentials=credentials)
         return ImportRequest(job.namespace, job.name, job.size, spec, job.preallocation)
 
     async def _run(self, entry: _Entry) -> None:

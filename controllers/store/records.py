@@ -24,7 +24,7 @@ _KINDS = {str(k): k for k in ALL_KINDS}
 # Fields a client may not change through update (the store owns them).
 _SERVER_FIELDS = ("uid", "creationTimestamp", "deletionTimestamp", "generation")
 # Kinds whose status a create/update ignores (status subresource).
-_NO_STATUS_SUBRESOURCE = {"events", "leases.coordination.k8s.io"}
+_NO_STATUS_SUBRESOURCE = {"events", "leases.coordination.k8s.io", "secrets"}
 
 
 def _dumps(obj: Object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import math
 import os
@@ -16,6 +17,7 @@ import pytest
 
 from cdi import ImportSettings, VolumePool
 from controllers.api import DATAVOLUME, EVENT, NAMESPACE, PERSISTENTVOLUMECLAIM
+from controllers.api.kinds import SECRET
 from controllers.errors import NotFound
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers import FINALIZER, DataVolumeReconciler, requested_size
@@ -24,6 +26,7 @@ from controllers.store import EmbeddedStore, WatchEvent
 from controllers.store.kubernetes import KubernetesStore
 from tests.support.http_server import Faults, FileServer
 from tests.support.kube import KubeCluster
+from tests.support.s3 import S3Server
 
 PHASE_TIMEOUT = 60.0
 MiB = 1 << 20
@@ -188,6 +191,52 @@ async def statuses_until_deleted(store: EmbeddedStore, name: str, rv: str) -> No
                 return
 
     await asyncio.wait_for(follow(), PHASE_TIMEOUT)
+
+
+async def test_s3_source_with_secret_ref(stack: Stack, s3_server: S3Server) -> None:
+    data = os.urandom(3 * MiB)
+    s3_server.create_bucket("disks")
+    s3_server.put_object("disks", "disk.raw", data)
+    await stack.store.create(
+        SECRET,
+        {
+            "metadata": {"name": "s3-keys", "namespace": "default"},
+            "data": {
+                "accessKeyId": base64.b64encode(s3_server.access_key.encode()).decode(),
+                "secretKey": base64.b64encode(s3_server.secret_key.encode()).decode(),
+            },
+        },
+    )
+    source = {
+        "s3": {
+            "url": "s3://disks/disk.raw",
+            "endpoint": s3_server.endpoint_url,
+            "secretRef": "s3-keys",
+            "checksum": "sha256:" + hashlib.sha256(data).hexdigest(),
+        }
+    }
+    await stack.store.create(DATAVOLUME, dv("from-s3", source, "8Mi"))
+    final = (await statuses_until(stack.store, "from-s3", {"Succeeded", "Failed"}))[-1]
+    assert final["phase"] == "Succeeded", final
+    disk = stack.pool.get("default", "from-s3").disk_path.read_bytes()
+    assert disk[: len(data)] == data
+
+
+async def test_clone_from_another_datavolume(stack: Stack, http_server: FileServer) -> None:
+    write_disk(http_server.root, "base.raw", 2 * MiB)
+    await stack.store.create(
+        DATAVOLUME, dv("base", {"http": {"url": http_server.url("base.raw")}}, "8Mi")
+    )
+    assert (await statuses_until(stack.store, "base", {"Succeeded", "Failed"}))[-1][
+        "phase"
+    ] == "Succeeded"
+    clone = dv("copy", {"pvc": {"namespace": "default", "name": "base"}}, "8Mi")
+    await stack.store.create(DATAVOLUME, clone)
+    final = (await statuses_until(stack.store, "copy", {"Succeeded", "Failed"}))[-1]
+    assert final["phase"] == "Succeeded", final
+    original = stack.pool.get("default", "base").disk_path.read_bytes()
+    copied = stack.pool.get("default", "copy").disk_path.read_bytes()
+    assert copied[: 2 * MiB] == original[: 2 * MiB]
 
 
 def test_requested_size_follows_cdi() -> None:
