@@ -4,6 +4,7 @@ then halts: Provisioning -> Running (guest ready line) -> Stopped."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from controllers.reconcilers.vmi import (
     forward_agent_events,
 )
 from controllers.store import EmbeddedStore
-from virtnode import AccelInfo, AgentSettings, NodeAgent
+from virtnode import AccelInfo, AgentSettings, NodeAgent, VmNotFoundError
 from virtnode.accel import AccelChoice
 from virtnode.tinyguest import TinyGuest, kernel_cmdline
 
@@ -89,7 +90,7 @@ def guest_vm(guest: TinyGuest) -> dict[str, Any]:
             ],
             "template": {
                 "spec": {
-                    "terminationGracePeriodSeconds": 10,
+                    "terminationGracePeriodSeconds": 5,
                     "domain": {
                         "memory": {"guest": "256Mi"},
                         "firmware": {
@@ -148,3 +149,41 @@ async def test_vm_boots_the_guest_and_halts(
     with pytest.raises(NotFound):
         await store.get(VIRTUALMACHINEINSTANCE, "default", "tiny")
     assert agent.list() == []
+
+
+MARKER = re.compile(r"DISKPLANE-MARKER-WRITTEN dev=/dev/vda value=\[DISKPLANE-MARKER count=(\d+)\]")
+
+
+async def marker_count(agent: NodeAgent, since_uid: str | None = None) -> tuple[int, str]:
+    """The marker count the guest wrote on this boot, and the VMI's uid."""
+
+    async def booted() -> tuple[int, str]:
+        while True:
+            try:
+                vm = agent.get("default", "tiny")
+            except VmNotFoundError:
+                vm = None
+            uid = vm.obj["metadata"]["uid"] if vm is not None else None
+            if vm is not None and uid != since_uid and vm.console is not None:
+                await vm.console.wait_for(re.compile(MARKER.pattern.encode()), limit=WAIT)
+                match = MARKER.search(vm.console.text())
+                assert match, vm.console.text()[-2000:]
+                return int(match.group(1)), str(uid)
+            await asyncio.sleep(0.1)
+
+    return await asyncio.wait_for(booted(), WAIT)
+
+
+@pytest.mark.guest
+async def test_data_written_by_the_guest_survives_a_restart(
+    stack: tuple[EmbeddedStore, NodeAgent], tiny_guest: TinyGuest
+) -> None:
+    store, agent = stack
+    await store.create(VIRTUALMACHINE, guest_vm(tiny_guest))
+    await printable(store, "Running")
+    first, uid = await marker_count(agent)
+    assert first == 1
+    # `diskplane restart`: the VMI goes, the VM (runStrategy Always) makes a new one.
+    await store.delete(VIRTUALMACHINEINSTANCE, "default", "tiny")
+    second, _ = await marker_count(agent, since_uid=uid)
+    assert second == 2  # the DataVolume kept what the first boot wrote
