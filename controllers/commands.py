@@ -306,9 +306,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from controllers import up
+    from controllers import run_controllers, up
 
     up.register(subparsers)
+    run_controllers.register(subparsers)
     p = subparsers.add_parser("apply", help="create or update resources from YAML/JSON")
     p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or -")
     _common(p)

@@ -110,6 +110,16 @@ class KubernetesStore:
             raise StoreUnavailable(f"kubeconfig {path or '~/.kube/config'}: {exc}") from exc
         return cls(configuration)
 
+    @classmethod
+    def in_cluster(cls) -> KubernetesStore:
+        """The API server of the pod this runs in (service account token)."""
+        configuration = k8s_client.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException as exc:
+            raise StoreUnavailable(f"not running in a Kubernetes pod: {exc}") from exc
+        return cls(configuration)
+
     # -- HTTP ------------------------------------------------------------
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:

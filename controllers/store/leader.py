@@ -110,8 +110,9 @@ class LeaderElector:
         except StoreError as exc:
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
 
-    async def run(self, leading: asyncio.Event) -> None:
-        """Campaign forever; ``leading`` is set while we hold the lease."""
+    async def run(self, leading: asyncio.Event, lost: asyncio.Event | None = None) -> None:
+        """Campaign forever; ``leading`` is set while we hold the lease, ``lost`` (if
+        given) while we do not."""
         try:
             while True:
                 try:
@@ -119,11 +120,19 @@ class LeaderElector:
                 except StoreError as exc:
                     log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
                     held = False
-                if held:
-                    leading.set()
-                else:
-                    leading.clear()
+                _flip(leading, lost, held)
                 await asyncio.sleep(self.timing.retry_period_s)
         finally:
-            leading.clear()
+            _flip(leading, lost, False)
             await self.release()
+
+
+def _flip(leading: asyncio.Event, lost: asyncio.Event | None, held: bool) -> None:
+    if held:
+        leading.set()
+        if lost is not None:
+            lost.clear()
+    else:
+        leading.clear()
+        if lost is not None:
+            lost.set()
