@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--s3-region", help="S3 region")
     parser.add_argument("--platform", help="registry: architecture to pick from an index")
     parser.add_argument("--preallocate", action="store_true", help="allocate the whole disk")
+    remote = parser.add_argument_group("remote import (a running importer service)")
+    remote.add_argument("--server", metavar="URL", help="send the job to this importer service")
+    remote.add_argument("--secret-ref", help="with --server: the service's secret name")
+    remote.add_argument("--cert-configmap", help="with --server: the service's CA bundle name")
+    remote.add_argument("--api-token-file", type=Path, help="with --server: jobs API token")
+    remote.add_argument("--server-ca-file", type=Path, help="with --server: CA of an https URL")
     parser.set_defaults(handler=handle)
 
 
@@ -116,6 +122,8 @@ class ProgressPrinter:
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.server:
+        return handle_remote(args)
     try:
         request = build_request(args)
     except ImportError as exc:
@@ -146,6 +154,18 @@ def handle(args: argparse.Namespace) -> int:
         return 130
     _report(result)
     return 0
+
+
+def handle_remote(args: argparse.Namespace) -> int:
+    """``--server URL``: hand the job to a running importer service and follow it."""
+    from cdi.remote import RemoteOptionError, remote_request, run_remote
+
+    try:
+        body = remote_request(args)
+    except (ImportError, RemoteOptionError) as exc:
+        print(f"diskplane import: {exc}", file=sys.stderr)
+        return EXIT_FINAL
+    return run_remote(args, body)
 
 
 def _report(result: ImportResult) -> None:
