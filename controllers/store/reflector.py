@@ -7,13 +7,21 @@ DELETED for what vanished, so a consumer sees a level-consistent stream.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from controllers.api.kinds import ResourceKind
-from controllers.errors import Gone
+from controllers.errors import Gone, StoreUnavailable
 from controllers.store.protocol import EventType, Object, Store, WatchEvent
 
 Key = tuple[str, str]
+log = logging.getLogger(__name__)
+
+# After the store fails (API server unreachable), wait this long before listing
+# again; the wait doubles per consecutive failure up to the maximum.
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 30.0
 
 
 def object_key(obj: Object) -> Key:
@@ -37,8 +45,16 @@ class Reflector:
         self.relists = 0
 
     async def events(self) -> AsyncIterator[WatchEvent]:
+        delay = RETRY_INITIAL_S
         while True:
-            listing = await self.store.list(self.kind, self.namespace, self.label_selector)
+            try:
+                listing = await self.store.list(self.kind, self.namespace, self.label_selector)
+            except StoreUnavailable as exc:
+                log.warning("listing %s failed, retrying in %.1f s: %s", self.kind, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            delay = RETRY_INITIAL_S
             self.relists += 1
             for event in self._sync(listing.items):
                 yield event
@@ -51,6 +67,9 @@ class Reflector:
                 return  # the store closed the watch
             except Gone:
                 continue
+            except StoreUnavailable as exc:  # the stream broke: list again after a pause
+                log.warning("watching %s failed, listing again: %s", self.kind, exc)
+                await asyncio.sleep(delay)
 
     def _sync(self, items: list[Object]) -> list[WatchEvent]:
         fresh = {object_key(o): o for o in items}
