@@ -5,7 +5,7 @@
 #
 # The binaries are cached outside the repo, keyed by version:
 #   ${DISKPLANE_CACHE_DIR:-~/.cache/diskplane}/kube/1.20.2/{kube-apiserver,kube-controller-manager}
-# so only a fresh machine pays the ~12 minute compile. Idempotent: exits at once
+# so only a fresh machine pays the compile (5.5 min here, up to ~12). Idempotent: exits at once
 # when both binaries are cached.
 #
 # Recipe:
@@ -116,7 +116,7 @@ if [[ ! -f "$vendored/.diskplane-debian" ]]; then
 fi
 
 # 4. GOPATH-mode build
-log "make WHAT='cmd/kube-apiserver cmd/kube-controller-manager' (about 12+ minutes on 2 cores)"
+log "make WHAT='cmd/kube-apiserver cmd/kube-controller-manager' (5-12 minutes on 2 cores)"
 start=$(date +%s)
 (
   cd "$src"
