@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import containerdisk
 from cdi import ImportSettings, VolumePool
 from controllers.api import DATAVOLUME, EVENT, NAMESPACE, PERSISTENTVOLUMECLAIM
 from controllers.api.kinds import SECRET
@@ -26,6 +27,7 @@ from controllers.store import EmbeddedStore, WatchEvent
 from controllers.store.kubernetes import KubernetesStore
 from tests.support.http_server import Faults, FileServer
 from tests.support.kube import KubeCluster
+from tests.support.registry import Registry
 from tests.support.s3 import S3Server
 
 PHASE_TIMEOUT = 60.0
@@ -220,6 +222,23 @@ async def test_s3_source_with_secret_ref(stack: Stack, s3_server: S3Server) -> N
     assert final["phase"] == "Succeeded", final
     disk = stack.pool.get("default", "from-s3").disk_path.read_bytes()
     assert disk[: len(data)] == data
+
+
+async def test_registry_source_persistent_containerdisk(
+    stack: Stack, registry: Registry, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(2 * MiB))
+    ref = f"{registry.host}/vm/disk:v1"
+    async with containerdisk.RegistryClient(
+        username=registry.username, password=registry.password, ca_file=registry.ca_file
+    ) as client:
+        await client.push_disk(disk, ref)
+    await stack.store.create(DATAVOLUME, dv("pcd", {"registry": {"url": f"docker://{ref}"}}, "8Mi"))
+    final = (await statuses_until(stack.store, "pcd", {"Succeeded", "Failed"}))[-1]
+    assert final["phase"] == "Succeeded", final
+    imported = stack.pool.get("default", "pcd").disk_path.read_bytes()
+    assert imported[: 2 * MiB] == disk.read_bytes()
 
 
 async def test_clone_from_another_datavolume(stack: Stack, http_server: FileServer) -> None:
