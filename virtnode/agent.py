@@ -21,6 +21,7 @@ from virtnode.disks import ContainerDiskSource
 from virtnode.driver import QemuDriver, VmDriver
 from virtnode.errors import LaunchError, SpecError, VmExistsError, VmNotFoundError
 from virtnode.events import EventBus
+from virtnode.finished import FinishedRecords
 from virtnode.metrics import AgentMetrics
 from virtnode.ownership import check_reachable, qemu_run_as
 from virtnode.process import ProcessIdentity, RunAs, kill, start_ticks
@@ -85,6 +86,9 @@ class NodeAgent:
         self._containerdisks = containerdisks
         self._ctx: NodeContext | None = None
         self.qemu_user_note = ""
+        self.finished_records = FinishedRecords(
+            settings.finished_dir, settings.finished_keep_count, settings.finished_keep_seconds
+        )
 
     @property
     def ctx(self) -> NodeContext:
@@ -110,7 +114,10 @@ class NodeAgent:
             driver=driver,
             record_migration=self.metrics.record_migration,
             containerdisks=self._containerdisks or NodeDiskCache(s.cache_dir),
+            on_finished=self._on_finished,
         )
+        for record in await asyncio.to_thread(self.finished_records.load):
+            self._restore_finished(record)
         for run in existing_run_dirs(s.run_dir):
             await self._adopt(run)
 
@@ -132,6 +139,31 @@ class NodeAgent:
             return None
         self.qemu_user_note = f"QEMU runs as uid {run_as.uid} (gid {run_as.gid})"
         return run_as
+
+    def _restore_finished(self, record: Mapping[str, Any]) -> None:
+        try:
+            spec = parse_vmi(record["vmi"])
+            run = RunDir.for_vm(self.settings.run_dir, spec.namespace, spec.name)
+            vm = VirtualMachine(record["vmi"], spec, run, self.ctx)
+            vm.restore_finished(record)
+        except (KeyError, ValueError, TypeError, SpecError) as exc:
+            log.warning("ignoring finished-VMI record %s: %s", record.get("key"), exc)
+            return
+        self.vms[vm.key] = vm
+
+    def _on_finished(self, vm: VirtualMachine) -> None:
+        """Persist a VM that just ended; forget finished VMs pruned by age or count."""
+        try:
+            pruned = self.finished_records.save(
+                vm.spec.namespace, vm.spec.name, vm.finished_record()
+            )
+        except OSError as exc:
+            log.warning("VM %s: could not record its final status: %s", vm.key, exc)
+            return
+        for key in pruned:
+            old = self.vms.get(key)
+            if old is not None and old is not vm and old.finished.is_set():
+                del self.vms[key]
 
     async def _adopt(self, run: RunDir) -> None:
         try:
@@ -165,6 +197,7 @@ class NodeAgent:
             raise VmExistsError(f"VMI {spec.key} already exists on this node")
         run = RunDir.for_vm(self.settings.run_dir, spec.namespace, spec.name)
         run.remove()  # a finished VM's leftovers
+        self.finished_records.remove(spec.namespace, spec.name)
         vm = VirtualMachine(obj, spec, run, self.ctx)
         self.vms[spec.key] = vm
         await vm.create(incoming=incoming)
@@ -184,6 +217,7 @@ class NodeAgent:
         await vm.stop(grace)
         await vm.release()
         self.vms.pop(vm.key, None)
+        self.finished_records.remove(namespace, name)
         self.events.publish({"type": "deleted", "vmi": vm.key})
 
     def render_metrics(self) -> str:

@@ -62,6 +62,10 @@ class AgentSettings:
     migration_timeout: float = 300.0
     #: Address this node's migration targets listen on (incoming migration, NBD).
     migration_address: str = "127.0.0.1"
+    #: Finished VMIs (Succeeded/Failed) kept on disk across agent restarts until deleted:
+    #: at most this many, none older than ``finished_keep_seconds``.
+    finished_keep_count: int = 100
+    finished_keep_seconds: float = 7 * 24 * 3600.0
 
     @property
     def run_dir(self) -> Path:
@@ -70,6 +74,10 @@ class AgentSettings:
     @property
     def volumes(self) -> Path:
         return self.volume_dir or self.data_dir / "volumes"
+
+    @property
+    def finished_dir(self) -> Path:
+        return self.data_dir / "finished"
 
     @property
     def cache_dir(self) -> Path:

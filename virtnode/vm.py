@@ -58,6 +58,8 @@ class NodeContext:
     containerdisks: ContainerDiskSource | None = None
     #: Called with ("succeeded"|"failed", stats) after each outgoing migration.
     record_migration: Callable[[str, Mapping[str, Any]], None] = lambda result, stats: None
+    #: Called once when a VM reaches Succeeded/Failed (the agent persists it).
+    on_finished: Callable[[VirtualMachine], None] = lambda vm: None
 
 
 class VirtualMachine:
@@ -187,6 +189,34 @@ class VirtualMachine:
         await self._detach()
         self.run.remove()
         self._set_phase(Phase.FAILED, "FailedCreate", str(exc))
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished.set()
+        self.ctx.on_finished(self)
+
+    def finished_record(self) -> dict[str, Any]:
+        """What :mod:`virtnode.finished` keeps of this VM once it ended."""
+        return {
+            "key": self.key,
+            "vmi": self.obj,
+            "phase": self.phase.value,
+            "reason": self.reason,
+            "message": self.message,
+            "extra": {k: v for k, v in self.extra.items() if k != "migrating"},
+            "accel": {"name": self.accel.accel, "reason": self.accel.reason},
+            "startedAt": self.started_at,
+        }
+
+    def restore_finished(self, record: Mapping[str, Any]) -> None:
+        """Become the finished VM ``record`` describes (a restarted agent's history)."""
+        self.phase = Phase(str(record["phase"]))
+        self.reason = str(record.get("reason", ""))
+        self.message = str(record.get("message", ""))
+        self.extra = dict(record.get("extra", {}))
+        accel = record.get("accel", {})
+        self.accel = AccelInfo(str(accel.get("name", "")), str(accel.get("reason", "")), ())
+        self.started_at = float(record.get("startedAt", 0.0))
         self.finished.set()
 
     def save_state(self) -> None:
@@ -209,7 +239,7 @@ class VirtualMachine:
             self.identity = None
             self.run.remove()
             self._set_phase(Phase.FAILED, "QemuExitedWhileAgentDown", "QEMU was gone on restart")
-            self.finished.set()
+            self._finish()
             return
         self._set_phase(Phase.SCHEDULED)
         await self._attach(adopting=True)
@@ -297,7 +327,7 @@ class VirtualMachine:
             self._set_phase(Phase.FAILED, "QemuExited", "QEMU exited without a guest shutdown")
         self.paused = False
         self.identity = None
-        self.finished.set()
+        self._finish()
 
     async def _detach(self) -> None:
         if self.console is not None:

@@ -139,12 +139,25 @@ async def _run_scenario(
     assert gone["status"]["reason"] == "QemuExitedWhileAgentDown"
     assert not stale.exists()
     assert list(settings.run_dir.iterdir()) == []
+    # vm-b failed under the previous agent: its record in finished/ keeps it listed.
+    crashed = await api(session, "GET", vm_url(agent, "vm-b"))
+    assert (crashed["status"]["phase"], crashed["status"]["reason"]) == ("Failed", "QemuExited")
     metrics = await (await session.get(agent.url + "/metrics")).text()
-    # vm-b's failure was reported by the previous agent; finished VMIs live in memory only.
-    assert 'diskplane_vmis{phase="Failed"} 1' in metrics
+    assert 'diskplane_vmis{phase="Failed"} 2' in metrics
     assert 'diskplane_vmis{phase="Succeeded"} 1' in metrics
     await api(session, "DELETE", vm_url(agent, "vm-c"))
     await api(session, "GET", vm_url(agent, "vm-c"), expect=404)
+
+    # Finished VMIs outlive another restart until deleted; a deleted one stays deleted.
+    await agent.kill9()
+    await agent.start()
+    listed = await api(session, "GET", agent.url + "/v1/vmis")
+    finals = {i["metadata"]["name"]: i["status"]["reason"] for i in listed["items"]}
+    assert finals == {"vm-a": "GuestShutdown", "vm-b": "QemuExited"}
+    await api(session, "DELETE", vm_url(agent, "vm-a"))
+    assert [p.name for p in (settings.data_dir / "finished").iterdir()] == [
+        RunDir.for_vm(settings.run_dir, "default", "vm-b").root.name + ".json"
+    ]
 
 
 async def _powerdown_directly(run: RunDir) -> None:
