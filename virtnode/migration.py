@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import socket
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from containerdisk import Reference
 from virtnode.blockdev import AttachedDisk
-from virtnode.disks import volume_path
+from virtnode.disks import qemu_img, volume_path
 from virtnode.errors import MigrationError, QmpError, SpecError, VirtnodeError, VmStateError
 from virtnode.qmp import QmpEvent
 from virtnode.spec import parse_vmi
@@ -48,17 +50,53 @@ AGENT_CALL_TIMEOUT = 60.0
 SHARED_KINDS = ("persistentVolumeClaim", "dataVolume")
 
 
+def _kind(vm: VirtualMachine, name: str) -> str:
+    return vm.spec.volume(name).kind if name not in vm.hotplugged else "persistentVolumeClaim"
+
+
 def disks_to_copy(vm: VirtualMachine, block: bool) -> list[AttachedDisk]:
     out = []
     for name, attached in vm.disks.items():
         if attached.readonly:
             continue  # cloud-init ISOs are rebuilt identically on the target
-        kind = vm.spec.volume(name).kind if name not in vm.hotplugged else "persistentVolumeClaim"
-        if kind == "containerDisk":
-            raise MigrationError(f"VM {vm.key}: containerDisk volumes cannot be migrated yet")
+        kind = _kind(vm, name)
+        if kind == "containerDisk" and name in vm.snapshots:
+            raise MigrationError(
+                f"VM {vm.key}: containerDisk {name!r} has an active snapshot; commit it first"
+            )
         if block or kind not in SHARED_KINDS:
             out.append(attached)
     return out
+
+
+async def pinned_vmi(vm: VirtualMachine) -> dict[str, Any]:
+    """The VMI for the target with every containerDisk image pinned to the digest this
+    node runs, so the target builds its overlay on the very same image (a moved tag
+    would otherwise give it a different base under the copied overlay)."""
+    obj = {k: v for k, v in vm.obj.items() if k != "status"}
+    volumes = []
+    for volume in obj.get("spec", {}).get("volumes", []):
+        name = volume.get("name")
+        if "containerDisk" in volume and name in vm.disks:
+            image = str(volume["containerDisk"]["image"])
+            digest = await _overlay_base_digest(vm, vm.disks[name])
+            pinned = str(Reference.parse(image).with_digest(digest))
+            volume = {**volume, "containerDisk": {**volume["containerDisk"], "image": pinned}}
+        volumes.append(volume)
+    return {**obj, "spec": {**obj["spec"], "volumes": volumes}}
+
+
+async def _overlay_base_digest(vm: VirtualMachine, attached: AttachedDisk) -> str:
+    """The digest of the cached image under a containerDisk overlay (its cache dir name)."""
+    info = json.loads(await qemu_img("info", "-U", "--output=json", str(attached.path)))
+    backing = Path(str(info.get("full-backing-filename") or info.get("backing-filename", "")))
+    algo, _, hexdigest = backing.parent.name.partition("-")
+    if not algo or not hexdigest:
+        raise MigrationError(
+            f"VM {vm.key}: containerDisk {attached.disk.name!r} overlay has no cached base "
+            f"image (backing file {backing})"
+        )
+    return f"{algo}:{hexdigest}"
 
 
 def _nbd_node(attached: AttachedDisk) -> str:
@@ -73,7 +111,7 @@ async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
     block = bool(body.get("blockMigration", False))
     copy = disks_to_copy(vm, block)
     request = {
-        "vmi": {k: v for k, v in vm.obj.items() if k != "status"},
+        "vmi": await pinned_vmi(vm),
         "receive": {a.disk.name: a.path.stat().st_size for a in copy if a.format == "raw"},
         "receiveDisks": [a.disk.name for a in copy],
         "blockMigration": block,
@@ -161,7 +199,9 @@ async def _run(
     jobs: list[tuple[str, str]] = []
     try:
         for attached in copy:
-            jobs.append(await _start_mirror(vm, attached, prepared["nbd"]))
+            # A containerDisk's base image is on the target already: copy the overlay only.
+            sync = "top" if _kind(vm, attached.disk.name) == "containerDisk" else "full"
+            jobs.append(await _start_mirror(vm, attached, prepared["nbd"], sync))
         limits = await _set_parameters(vm, body)
         info, wall = await _migrate_ram(vm, str(prepared["migrationUri"]))
         while jobs:
@@ -226,7 +266,7 @@ async def _migrate_ram(vm: VirtualMachine, uri: str) -> tuple[dict[str, Any], fl
 
 
 async def _start_mirror(
-    vm: VirtualMachine, attached: AttachedDisk, nbd: dict[str, Any]
+    vm: VirtualMachine, attached: AttachedDisk, nbd: dict[str, Any], sync: str
 ) -> tuple[str, str]:
     node = _nbd_node(attached)
     server = {"type": "inet", "host": str(nbd["host"]), "port": str(nbd["port"])}
@@ -240,7 +280,7 @@ async def _start_mirror(
     def ready(event: QmpEvent) -> bool:
         return event.name == "BLOCK_JOB_READY" and event.data.get("device") == job
 
-    args = {"job-id": job, "device": source, "target": node, "sync": "full"}
+    args = {"job-id": job, "device": source, "target": node, "sync": sync}
     try:
         await vm.wait_event(
             ready,
