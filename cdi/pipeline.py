@@ -40,10 +40,12 @@ from cdi.formats.detect import Format, detect_compression, detect_format
 from cdi.journal import Journal
 from cdi.progress import ProgressCallback, ProgressTracker
 from cdi.request import ImportRequest
+from cdi.reuse import clone_donor, find_donor
 from cdi.settings import ImportSettings
 from cdi.sources.base import Source, SourceInfo, read_range, with_retries
 from cdi.sources.factory import open_source
 from cdi.sources.file import FileSource
+from cdi.sources.registry import RegistrySource
 from cdi.transfer import LocalReader, RangedTransfer, RangeHandler, SequentialTransfer, split
 from cdi.volumes import Volume, VolumePool
 from cdi.writer import RawWriter, human
@@ -63,6 +65,7 @@ class ImportResult:
     checksum: str | None
     resumed: bool
     seconds: float
+    reused_from: str | None = None  # ns/name of the volume cloned instead of pulling
 
 
 async def run_import(
@@ -83,9 +86,8 @@ async def run_import(
     if volume.state() == "Ready":
         raise VolumeExists(f"volume {volume.key} already holds an imported disk")
     with _volume_lock(volume):
-        job = ImportJob(
-            volume, request, settings, ProgressTracker(on_progress, settings.progress_interval)
-        )
+        tracker = ProgressTracker(on_progress, settings.progress_interval)
+        job = ImportJob(volume, request, settings, tracker, pool=pool)
         return await job.run()
 
 
@@ -111,7 +113,10 @@ class ImportJob:
         request: ImportRequest,
         settings: ImportSettings,
         tracker: ProgressTracker,
+        pool: VolumePool | None = None,
     ) -> None:
+        self.pool = pool
+        self.reused_from: str | None = None
         self.volume = volume
         self.request = request
         self.settings = settings
@@ -136,8 +141,10 @@ class ImportJob:
             self.volume.workdir.mkdir(exist_ok=True)
             if self.volume.is_block():
                 self.volume.mark_ready(False)
-            await self._import(source)
+            if not await self._reuse(source):
+                await self._import(source)
             await self._finish()
+            self._record_image(source)
         except FinalImportError:
             await self._quiesce()
             self._discard()
@@ -158,7 +165,37 @@ class ImportJob:
             checksum,
             self.resumed,
             time.monotonic() - started,
+            self.reused_from,
         )
+
+    # Persistent containerDisk ----------------------------------------------------------
+    async def _reuse(self, source: Source) -> bool:
+        """Clone a volume already holding this registry image instead of pulling it."""
+        if self.pool is None:
+            return False
+        self.tracker.phase("probe")
+        found = await find_donor(self.pool, self.volume, source, has_checksum=bool(self.hasher))
+        if found is None:
+            return False
+        donor, image = found
+        self.tracker.phase("transfer")
+        if not await asyncio.to_thread(clone_donor, donor, image, self.volume):
+            return False
+        self.virtual_size, self.reused_from = image.virtual_size, donor.key
+        self.writer = RawWriter(
+            self.volume.partial_path, self.volume.usable_size, fresh=False,
+            block_device=False, what=self.what,
+        )  # fmt: skip
+        self.tracker.add(written=image.disk_size)
+        return True
+
+    def _record_image(self, source: Source) -> None:
+        if not isinstance(source, RegistrySource) or self.volume.is_block():
+            return
+        if source.manifest_digest is not None:
+            self.volume.record_image(
+                str(source.reference), source.manifest_digest, self.virtual_size
+            )
 
     # Routing ------------------------------------------------------------------
     async def _import(self, source: Source) -> None:

@@ -58,6 +58,46 @@ def block_device_size(path: Path) -> int:
 
 
 @dataclass(frozen=True)
+class ImageRecord:
+    """The registry image a volume's disk was imported from (persistent containerDisk).
+
+    ``disk_size``/``disk_mtime_ns`` describe ``disk.img`` right after the
+    import: a disk changed since (a VM wrote to it) no longer matches and is
+    never reused as a copy of the image.
+    """
+
+    reference: str  # pinned: registry/repo@sha256:...
+    manifest_digest: str
+    virtual_size: int
+    disk_size: int
+    disk_mtime_ns: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "reference": self.reference,
+            "manifestDigest": self.manifest_digest,
+            "virtualSize": self.virtual_size,
+            "diskSize": self.disk_size,
+            "diskMtimeNs": self.disk_mtime_ns,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> ImageRecord | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(
+                str(data["reference"]),
+                str(data["manifestDigest"]),
+                int(data["virtualSize"]),
+                int(data["diskSize"]),
+                int(data["diskMtimeNs"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class Volume:
     """One volume in a pool; all paths it uses are inside ``directory``."""
 
@@ -109,6 +149,33 @@ class Volume:
         if self.journal_path.exists() or (self.directory / PARTIAL).exists():
             return "Importing"
         return "Empty"
+
+    def image(self) -> ImageRecord | None:
+        """The registry image recorded on this volume, if any."""
+        return ImageRecord.from_json(_read_record(self.directory).get("image"))
+
+    def record_image(self, reference: str, manifest_digest: str, virtual_size: int) -> None:
+        """Note which image the finished ``disk.img`` holds (filesystem volumes)."""
+        disk = self.disk_path.stat()
+        image = ImageRecord(
+            reference, manifest_digest, virtual_size, disk.st_size, disk.st_mtime_ns
+        )
+        record = _read_record(self.directory)
+        record["image"] = image.to_json()
+        _write_record(self.directory, record)
+
+    def holds_unchanged_image(self, manifest_digest: str) -> bool:
+        """A finished filesystem disk of that image, unchanged since its import."""
+        if self.is_block() or self.state() != "Ready":
+            return False
+        image = self.image()
+        if image is None or image.manifest_digest != manifest_digest:
+            return False
+        try:
+            disk = self.disk_path.stat()
+        except FileNotFoundError:
+            return False
+        return (disk.st_size, disk.st_mtime_ns) == (image.disk_size, image.disk_mtime_ns)
 
     def mark_ready(self, ready: bool) -> None:
         """Block volumes only: record completion (filesystem volumes use the rename)."""
@@ -192,6 +259,13 @@ class VolumePool:
         for record in sorted(self.root.glob(f"*/*/{RECORD}")):
             found.append(self.get(record.parent.parent.name, record.parent.name))
         return found
+
+    def find_image(self, manifest_digest: str, *, exclude: str = "") -> Volume | None:
+        """A volume (other than ``exclude``, an ``ns/name`` key) holding that image unchanged."""
+        for volume in self.list():
+            if volume.key != exclude and volume.holds_unchanged_image(manifest_digest):
+                return volume
+        return None
 
     def delete(self, namespace: str, name: str) -> None:
         directory = self._dir(namespace, name)

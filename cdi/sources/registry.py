@@ -53,13 +53,30 @@ class RegistrySource:
         self._entered = False
         self._pending: tuple[bytes, AsyncGenerator[bytes, None]] | None = None
         self._settings = settings
+        self.manifest_digest: str | None = None
 
-    async def _open(self) -> tuple[containerdisk.RegistryDisk, AsyncGenerator[bytes, None]]:
+    async def _enter(self) -> None:
         if not self._entered:
             await self._stack.enter_async_context(self._client)
             self._entered = True
+
+    async def resolve(self) -> str:
+        """The image manifest digest (one manifest request; two through an index).
+
+        Pins ``reference`` to it, so the disk read later is exactly that image.
+        """
+        with _translated(self.description):
+            await self._enter()
+            resolved = await self._client.resolve(self.reference)
+        self.reference = resolved.reference
+        self.manifest_digest = resolved.manifest_digest
+        return resolved.manifest_digest
+
+    async def _open(self) -> tuple[containerdisk.RegistryDisk, AsyncGenerator[bytes, None]]:
+        await self._enter()
         disk = await self._stack.enter_async_context(self._client.open_disk(self.reference))
         self.reference = disk.reference.with_digest(disk.manifest_digest)  # pin for retries
+        self.manifest_digest = disk.manifest_digest
         chunks = disk.chunks()
         self._stack.push_async_callback(chunks.aclose)
         return disk, chunks
