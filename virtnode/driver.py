@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from virtnode.argv import LaunchOptions, build_argv
 from virtnode.blockdev import AttachedDisk
+from virtnode.errors import DriverUnavailableError
 from virtnode.process import ProcessIdentity, RunAs, launch
 from virtnode.qmp import QmpEvent, QmpSession
 from virtnode.rundir import RunDir
@@ -39,6 +40,10 @@ class Monitor(Protocol):
 
 class VmDriver(Protocol):
     name: str
+    #: True when the driver hot-plugs disks itself (libvirt's attach/detachDeviceFlags,
+    #: so its view of the domain stays true); False: :mod:`virtnode.volumeops` does it
+    #: over QMP (``blockdev-add`` + ``device_add``).
+    manages_devices: bool
 
     def run_as(self, default: RunAs | None) -> RunAs | None:
         """The user QEMU runs as under this driver (files are handed to it)."""
@@ -57,6 +62,14 @@ class VmDriver(Protocol):
 
     def monitor(self, spec: VmiSpec, run: RunDir, observe: Any) -> Monitor: ...
 
+    async def attach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        """Hot-plug ``attached`` (only when :attr:`manages_devices`)."""
+        ...
+
+    async def detach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        """Ask for ``attached`` to be unplugged; the guest's release is ``DEVICE_DELETED``."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -64,6 +77,7 @@ class QemuDriver:
     """QEMU started by the agent (``-daemonize``), QMP over its unix socket."""
 
     name = "qemu"
+    manages_devices = False
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -104,6 +118,12 @@ class QemuDriver:
             event_queue_size=self.settings.event_queue_size,
             observe_latency=observe,
         )
+
+    async def attach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        raise DriverUnavailableError(f"VM {spec.key}: the qemu driver hot-plugs over QMP")
+
+    async def detach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        raise DriverUnavailableError(f"VM {spec.key}: the qemu driver unplugs over QMP")
 
     async def close(self) -> None:
         return None

@@ -10,9 +10,10 @@ with ElementTree, so every value is escaped), started paused, and driven with
 ``virDomainQemuMonitorCommand`` (QMP passthrough, as KubeVirt does for a few
 calls) plus ``qemuMonitorEventRegister`` for QMP events. libvirt runs QEMU as its
 own user (``libvirt-qemu``) with dynamic ownership of the disks; the serial
-console is a unix socket in the run dir, logged by virtlogd. Hotplug, snapshots
-and migration go through the same QMP calls but bypass libvirt's view of the
-domain: the driver is for lifecycle first.
+console is a unix socket in the run dir, logged by virtlogd. Disk hotplug and
+unplug go through libvirt (``attachDeviceFlags``/``detachDeviceFlags`` with disk
+XML), so its live domain XML stays true; resize, snapshots, mirror and migration are
+QMP passthrough that libvirt does not see (docs/virtnode.md lists them).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import pwd
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from virtnode.blockdev import AttachedDisk
 from virtnode.errors import (
+    DiskError,
     DriverUnavailableError,
     QmpCommandError,
     QmpDisconnectedError,
@@ -56,7 +58,13 @@ def domain_name(spec: VmiSpec) -> str:
     return "diskplane-" + hashlib.sha256(spec.key.encode()).hexdigest()[:16]
 
 
-def domain_xml(spec: VmiSpec, disks: Sequence[AttachedDisk], run: RunDir, accel: str) -> str:
+def domain_xml(
+    spec: VmiSpec,
+    disks: Sequence[AttachedDisk],
+    run: RunDir,
+    accel: str,
+    hotplug_ports: int = 0,
+) -> str:
     """The transient domain for ``spec`` (pure; every value goes through ElementTree)."""
     dom = ET.Element("domain", type="kvm" if accel == "kvm" else "qemu")
     ET.SubElement(dom, "name").text = domain_name(spec)
@@ -89,13 +97,26 @@ def domain_xml(spec: VmiSpec, disks: Sequence[AttachedDisk], run: RunDir, accel:
     ET.SubElement(serial, "log", file=str(paths.serial_log), append="on")
     ET.SubElement(serial, "target", port="0")
     ET.SubElement(devices, "controller", type="usb", model="none")
+    if hotplug_ports:  # libvirt adds root ports only for the devices it has
+        ET.SubElement(devices, "controller", type="pci", index="0", model="pcie-root")
+    for index in range(1, hotplug_ports + 1):
+        ET.SubElement(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(dom, encoding="unicode")
 
 
 def _disk(devices: ET.Element, attached: AttachedDisk, counters: dict[str, int]) -> None:
+    bus = attached.disk.bus
+    prefix = "vd" if bus == "virtio" else "sd"
+    index = counters[bus] + (counters["sata"] if bus == "scsi" else 0)
+    counters[bus] += 1
+    devices.append(disk_element(attached, prefix + chr(ord("a") + index)))
+
+
+def disk_element(attached: AttachedDisk, target_dev: str) -> ET.Element:
+    """``<disk>`` for ``attached`` as guest device ``target_dev`` (domain and hotplug)."""
     disk = attached.disk
-    el = ET.SubElement(devices, "disk", type="file", device=disk.kind)
+    el = ET.Element("disk", type="file", device=disk.kind)
     driver = {"name": "qemu", "type": attached.format}
     if disk.cache is not None:
         driver["cache"] = disk.cache
@@ -103,10 +124,7 @@ def _disk(devices: ET.Element, attached: AttachedDisk, counters: dict[str, int])
         driver["io"] = disk.io
     ET.SubElement(el, "driver", driver)
     ET.SubElement(el, "source", file=str(attached.path))
-    prefix = "vd" if disk.bus == "virtio" else "sd"
-    index = counters[disk.bus] + (counters["sata"] if disk.bus == "scsi" else 0)
-    counters[disk.bus] += 1
-    ET.SubElement(el, "target", dev=prefix + chr(ord("a") + index), bus=disk.bus)
+    ET.SubElement(el, "target", dev=target_dev, bus=disk.bus)
     if attached.readonly:
         ET.SubElement(el, "readonly")
     if disk.serial is not None:
@@ -114,6 +132,17 @@ def _disk(devices: ET.Element, attached: AttachedDisk, counters: dict[str, int])
     if disk.boot_order is not None:
         ET.SubElement(el, "boot", order=str(disk.boot_order))
     ET.SubElement(el, "alias", name=attached.device_id)
+    return el
+
+
+def free_virtio_dev(live_xml: str) -> str:
+    """The first ``vdX`` name the live domain does not use yet."""
+    root = ET.fromstring(live_xml)  # noqa: S314 (libvirtd's own XML, not user input)
+    used = {t.get("dev") for t in root.iterfind("devices/disk/target")}
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        if "vd" + letter not in used:
+            return "vd" + letter
+    raise DiskError("the domain has no free virtio disk name (vda..vdz are used)")
 
 
 def _ensure_event_loop(libvirt: Any) -> None:
@@ -134,6 +163,7 @@ def _ensure_event_loop(libvirt: Any) -> None:
 
 class LibvirtDriver:
     name = "libvirt"
+    manages_devices = True
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -180,7 +210,7 @@ class LibvirtDriver:
     ) -> ProcessIdentity:
         if incoming:
             raise DriverUnavailableError("the libvirt driver cannot receive migrations yet")
-        xml = domain_xml(spec, disks, run, accel.accel)
+        xml = domain_xml(spec, disks, run, accel.accel, self.settings.hotplug_ports)
         flags = self._libvirt.VIR_DOMAIN_START_PAUSED
         try:
             await asyncio.to_thread(self.conn.createXML, xml, flags)
@@ -190,6 +220,40 @@ class LibvirtDriver:
 
     def monitor(self, spec: VmiSpec, run: RunDir, observe: Any) -> LibvirtMonitor:
         return LibvirtMonitor(self, domain_name(spec), spec.key, observe)
+
+    async def attach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        def attach() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            dev = free_virtio_dev(dom.XMLDesc(0))
+            xml = ET.tostring(disk_element(attached, dev), encoding="unicode")
+            dom.attachDeviceFlags(xml, self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        await self._device_call(spec, attached, "attach", attach)
+
+    async def detach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        def detach() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            # Asynchronous: libvirt removes the block nodes once the guest lets go.
+            dom.detachDeviceAlias(attached.device_id, self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        await self._device_call(spec, attached, "detach", detach)
+
+    async def _device_call(
+        self, spec: VmiSpec, attached: AttachedDisk, what: str, call: Callable[[], None]
+    ) -> None:
+        limit = self.settings.qmp.block
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.to_thread(call)
+        except TimeoutError as exc:
+            raise DiskError(
+                f"libvirt did not {what} disk {attached.disk.name!r} of VM {spec.key} "
+                f"within {limit:g} s"
+            ) from exc
+        except self._libvirt.libvirtError as exc:
+            raise DiskError(
+                f"libvirt could not {what} disk {attached.disk.name!r} of VM {spec.key}: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         if self.conn is not None:

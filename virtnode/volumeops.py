@@ -50,12 +50,7 @@ async def add_volume(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]
         port = _free_port(vm)
         preparer = DiskPreparer(vm.settings.volumes, vm.run, vm.ctx.run_as)
         attached = await preparer.prepare(vm.spec, disk, volume, port=port)
-        await _add_nodes(vm, attached)
-        try:
-            await vm.execute("device_add", device(attached))
-        except QmpError:
-            await _del_nodes(vm, attached)
-            raise
+        await _plug(vm, attached)
         vm.disks[disk.name] = attached
         vm.hotplugged[disk.name] = {
             "disk": body.get("disk") or {"name": volume.name},
@@ -63,6 +58,24 @@ async def add_volume(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]
         }
         vm.save_state()
     return {"name": disk.name, "target": attached.device_id, "port": port}
+
+
+async def _plug(vm: VirtualMachine, attached: AttachedDisk) -> None:
+    if vm.ctx.driver.manages_devices:  # libvirt: keep its domain XML true
+        await vm.ctx.driver.attach_disk(vm.spec, attached)
+        return
+    await _add_nodes(vm, attached)
+    try:
+        await vm.execute("device_add", device(attached))
+    except QmpError:
+        await _del_nodes(vm, attached)
+        raise
+
+
+def _unplug_request(vm: VirtualMachine, attached: AttachedDisk) -> Awaitable[Any]:
+    if vm.ctx.driver.manages_devices:
+        return vm.ctx.driver.detach_disk(vm.spec, attached)
+    return vm.execute("device_del", {"id": attached.device_id})
 
 
 def _free_port(vm: VirtualMachine) -> str:
@@ -112,14 +125,15 @@ async def remove_volume(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, A
             await vm.wait_event(
                 deleted,
                 vm.settings.unplug_timeout,
-                lambda: vm.execute("device_del", {"id": attached.device_id}),
+                lambda: _unplug_request(vm, attached),
             )
         except TimeoutError as exc:
             raise VmStateError(
                 f"the guest of VM {vm.key} did not release disk {name!r} within "
                 f"{vm.settings.unplug_timeout:g} s"
             ) from exc
-        await _del_nodes(vm, attached)
+        if not vm.ctx.driver.manages_devices:
+            await _del_nodes(vm, attached)
         del vm.disks[name]
         del vm.hotplugged[name]
         vm.save_state()

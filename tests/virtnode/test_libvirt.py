@@ -6,6 +6,7 @@ libvirtd runs here without systemd: the session fixture starts ``virtlogd -d`` a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -20,12 +21,21 @@ from pathlib import Path
 import pytest
 
 from tests.virtnode.conftest import BOOT_TIMEOUT, READY, kill_all, make_volume, vmi_object
-from virtnode import AccelInfo, AgentSettings, DriverUnavailableError, NodeAgent, Phase
+from virtnode import (
+    AccelInfo,
+    AgentSettings,
+    DriverUnavailableError,
+    NodeAgent,
+    Phase,
+    QmpCommandError,
+    VirtualMachine,
+)
 from virtnode.blockdev import AttachedDisk
-from virtnode.libvirt_driver import domain_name, domain_xml
+from virtnode.libvirt_driver import LibvirtDriver, domain_name, domain_xml, free_virtio_dev
 from virtnode.rundir import RunDir
 from virtnode.spec import parse_vmi
 from virtnode.tinyguest import POWER_BUTTON_LINE, TinyGuest
+from virtnode.volumeops import add_volume, remove_volume, resize
 
 MiB = 2**20
 # How long the hand-started daemons may take to answer.
@@ -54,7 +64,11 @@ def test_domain_xml_escapes_and_maps_disks(tmp_path: Path) -> None:
         AttachedDisk(spec.disks[0], evil, "raw"),
         AttachedDisk(spec.disks[1], tmp_path / "ci.iso", "raw", readonly=True),
     ]
-    root = ET.fromstring(domain_xml(spec, disks, RunDir(tmp_path / "run"), "tcg"))
+    xml = domain_xml(spec, disks, RunDir(tmp_path / "run"), "tcg", hotplug_ports=3)
+    root = ET.fromstring(xml)
+    ports = root.findall("devices/controller[@model='pcie-root-port']")
+    assert len(ports) == 3
+    assert free_virtio_dev(xml) == "vdb"
     assert root.get("type") == "qemu"
     assert root.findtext("name") == domain_name(spec)
     assert root.findtext("memory") == "256"
@@ -141,6 +155,21 @@ async def test_guest_lifecycle_under_libvirt(
     assert (await vm.execute("query-status"))["status"] == "paused"
     await vm.unpause()
 
+    # Hotplug and unplug go through libvirt: the guest sees vdb come and go, and
+    # libvirt's live domain XML has the disk (alias ua-hot) exactly while it is plugged.
+    make_volume(libvirt_agent.settings, "pvc-lvhot", 4 * MiB)
+    body = {"name": "hot", "volumeSource": {"persistentVolumeClaim": {"claimName": "pvc-lvhot"}}}
+    pos = vm.console.end
+    await add_volume(vm, body)
+    pos = await vm.console.wait_for(re.compile(rb"disks=vda,vdb\r?\n"), since=pos, limit=20)
+    assert "ua-hot" in await _live_aliases(libvirt_agent, vm)
+    await remove_volume(vm, {"name": "hot"})
+    await vm.console.wait_for(re.compile(rb"disks=vda\r?\n"), since=pos, limit=20)
+    assert "ua-hot" not in await _live_aliases(libvirt_agent, vm)
+    # Block-node operations stay QMP passthrough; libvirt names its nodes, so ours miss.
+    with pytest.raises(QmpCommandError):
+        await resize(vm, {"name": "root", "size": 16 * MiB})
+
     # A restarted agent re-adopts the libvirt domain (QMP passthrough and console again).
     await libvirt_agent.close()
     libvirt_agent.vms.clear()
@@ -158,6 +187,17 @@ async def test_guest_lifecycle_under_libvirt(
     assert POWER_BUTTON_LINE in vm.console.text()
     assert vm.phase is Phase.SUCCEEDED
     assert vm.reason == "GuestShutdown"
+
+
+async def _live_aliases(agent: NodeAgent, vm: VirtualMachine) -> set[str]:
+    driver = agent.ctx.driver
+    assert isinstance(driver, LibvirtDriver)
+
+    def aliases() -> set[str]:
+        xml = driver.conn.lookupByName(domain_name(vm.spec)).XMLDesc(0)
+        return {a.get("name", "") for a in ET.fromstring(xml).iterfind("devices/disk/alias")}
+
+    return await asyncio.to_thread(aliases)
 
 
 async def test_unreachable_libvirt_is_named(data_dir: Path, accel_info: AccelInfo) -> None:
