@@ -28,6 +28,7 @@ pytest:
 
 run: setup-run
 	$(PY)/diskplane doctor
+	$(PY)/diskplane demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -26,6 +26,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "cdi.service.cli": ("importer", "upload"),
     "containerdisk.cli": ("push", "pull", "inspect", "push-index", "build"),
     "virtnode.cli": ("node", "console"),
+    "controllers.demo": ("demo",),
     "controllers.commands": (
         "up",
         "controllers",
