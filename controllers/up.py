@@ -1,13 +1,21 @@
-"""``diskplane up``: the embedded stack in one process, state in the data dir.
+"""``diskplane up``: the embedded stack, state in one data dir, services on 127.0.0.1.
 
-It runs the embedded store, the DataVolume controller with the in-process
-importer (volumes under ``<data_dir>/volumes``), the VirtualMachine
-controller (DataVolumes and VMIs per runStrategy) and the VMI controller on
-the in-process node agent (guests keep running when ``up`` stops; the next
-``up`` re-adopts them). The importer *service* joins here later. A
-Lease in the store makes a second ``up`` on the same data dir wait instead of
-reconciling twice. SIGINT/SIGTERM stop it cleanly; restarting keeps every
-object (SQLite) and every finished volume.
+Once it holds the data dir's Lease (a second ``up`` on the same dir waits),
+it starts
+
+- the importer service (``cdi.service``, HTTP on ``--importer-listen``),
+- the node agent (``virtnode``, HTTP on ``--agent-listen``), registered as a
+  ``Node`` record with its URL and free memory and a heartbeat,
+- the DataVolume controller over the importer service
+  (:class:`~controllers.reconcilers.service_importer.ServiceImporter`), the
+  VirtualMachine controller and the VMI controller, which schedules onto the
+  registered agents and talks to them with ``virtnode.AgentClient``;
+
+and writes the services' URLs to ``<data_dir>/up.json`` (:func:`read_endpoints`)
+for ``diskplane image-upload`` and ``diskplane vmconsole``. Both listen
+addresses default to a free port on 127.0.0.1. SIGINT/SIGTERM stop it;
+guests keep running and the next ``up`` re-adopts them; objects, import jobs
+and finished volumes survive restarts.
 """
 
 from __future__ import annotations
@@ -15,34 +23,108 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
+from cdi.service import ServiceSettings
+from cdi.service import create_app as create_importer_app
 from controllers.api.kinds import DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
+from controllers.nodes import (
+    NodeDirectory,
+    forward_agent_events,
+    free_memory_bytes,
+    register_node,
+    run_heartbeats,
+)
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers.datavolume import DataVolumeReconciler
-from controllers.reconcilers.local_importer import LocalImporter
+from controllers.reconcilers.service_importer import ServiceImporter
 from controllers.reconcilers.virtualmachine import VirtualMachineReconciler
-from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler, forward_agent_events
+from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler
 from controllers.store.embedded import EmbeddedStore
 from controllers.store.leader import LeaderElector
+from controllers.store.protocol import Store
 from virtnode import AgentSettings, NodeAgent
+from virtnode.api import create_app as create_agent_app
 
 LEASE_NAME = "diskplane-up"
 LEASE_NAMESPACE = "diskplane-system"
+ENDPOINTS_FILE = "up.json"
+DEFAULT_LISTEN = "127.0.0.1:0"  # a free port; the URL goes to up.json
 
 
-async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    store = await EmbeddedStore.open(args.data_dir)
-    importer = LocalImporter.for_data_dir(args.data_dir)
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a running ``diskplane up`` serves (``<data_dir>/up.json``)."""
+
+    importer: str
+    agent: str
+    node: str
+    pid: int
+
+
+def read_endpoints(data_dir: Path) -> Endpoints | None:
+    """The endpoints of the ``up`` running on ``data_dir``, None when none runs."""
+    try:
+        raw = json.loads((data_dir / ENDPOINTS_FILE).read_text())
+        found = Endpoints(str(raw["importer"]), str(raw["agent"]), str(raw["node"]), raw["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(found.pid, 0)
+    except ProcessLookupError:
+        return None  # a stale file from an `up` that was killed
+    except PermissionError:
+        pass
+    return found
+
+
+def _write_endpoints(data_dir: Path, endpoints: Endpoints) -> None:
+    tmp = data_dir / f".{ENDPOINTS_FILE}.tmp"
+    tmp.write_text(json.dumps(asdict(endpoints), indent=2) + "\n")
+    tmp.replace(data_dir / ENDPOINTS_FILE)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, listen: str) -> AsyncIterator[str]:
+    """Serve ``app`` on ``listen`` (HOST:PORT, port 0 = free); yields its URL."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        host, port = _host_port(listen)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+async def _reconcile(
+    store: Store, data_dir: Path, endpoints: Endpoints, stop: asyncio.Event
+) -> None:
+    """The three controllers and the node's heartbeat and events, until ``stop``."""
+    importer = ServiceImporter(endpoints.importer, data_dir=data_dir)
+    nodes = NodeDirectory(store)
     recorder = EventRecorder(store)
-    controller = Controller(
+    dvs = Controller(
         "datavolumes", store, DATAVOLUME, DataVolumeReconciler(store, importer, recorder)
     )
-    importer.set_listener(controller.enqueue)
+    importer.set_listener(dvs.enqueue)
     vms = Controller(
         "virtualmachines",
         store,
@@ -50,7 +132,57 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         VirtualMachineReconciler(store, recorder),
         owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
     )
-    agent = NodeAgent(AgentSettings(data_dir=args.data_dir))
+    vmis = Controller(
+        "virtualmachineinstances",
+        store,
+        VIRTUALMACHINEINSTANCE,
+        VirtualMachineInstanceReconciler(store, nodes, recorder),
+    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            runners = [
+                group.create_task(dvs.run(), name="up-datavolume-controller"),
+                group.create_task(vms.run(), name="up-virtualmachine-controller"),
+                group.create_task(vmis.run(), name="up-vmi-controller"),
+                group.create_task(
+                    forward_agent_events(endpoints.agent, vmis.enqueue), name="up-agent-events"
+                ),
+                group.create_task(
+                    run_heartbeats(store, endpoints.node, free_memory_bytes),
+                    name="up-node-heartbeat",
+                ),
+            ]
+            print("diskplane up: controllers running; Ctrl-C stops", flush=True)
+            await stop.wait()
+            for runner in runners:
+                runner.cancel()
+    finally:
+        await importer.close()
+        await nodes.close()
+
+
+async def _run_stack(args: argparse.Namespace, store: Store, stop: asyncio.Event) -> None:
+    data_dir: Path = args.data_dir
+    importer_app = create_importer_app(ServiceSettings(data_dir=data_dir))
+    agent = NodeAgent(AgentSettings(data_dir=data_dir, node_name=args.node_name))
+    async with (
+        serving(importer_app, args.importer_listen) as importer_url,
+        serving(create_agent_app(agent), args.agent_listen) as agent_url,
+    ):
+        endpoints = Endpoints(importer_url, agent_url, args.node_name, os.getpid())
+        await register_node(store, endpoints.node, agent_url, free_memory_bytes())
+        _write_endpoints(data_dir, endpoints)
+        print(f"diskplane up: importer service {importer_url}", flush=True)
+        print(f"diskplane up: node agent {agent_url} (node {endpoints.node})", flush=True)
+        try:
+            await _reconcile(store, data_dir, endpoints, stop)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (data_dir / ENDPOINTS_FILE).unlink()
+
+
+async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    store = await EmbeddedStore.open(args.data_dir)
     identity = f"{socket.gethostname()}-{os.getpid()}"
     elector = LeaderElector(store, LEASE_NAME, identity, LEASE_NAMESPACE)
     leading = asyncio.Event()
@@ -62,30 +194,11 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             stopping = group.create_task(stop.wait(), name="up-wait-stop")
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():
-                await agent.start()  # re-adopts guests a previous `up` left running
-                vmis = Controller(
-                    "virtualmachineinstances",
-                    store,
-                    VIRTUALMACHINEINSTANCE,
-                    VirtualMachineInstanceReconciler(store, agent, recorder),
-                )
-                print("diskplane up: controllers running; Ctrl-C stops", flush=True)
-                runners = [
-                    group.create_task(controller.run(), name="up-datavolume-controller"),
-                    group.create_task(vms.run(), name="up-virtualmachine-controller"),
-                    group.create_task(vmis.run(), name="up-vmi-controller"),
-                    group.create_task(
-                        forward_agent_events(agent, vmis.enqueue), name="up-agent-events"
-                    ),
-                ]
-                await stopping
-                for runner in runners:
-                    runner.cancel()
+                await _run_stack(args, store, stop)
             waiting.cancel()
+            stopping.cancel()
             campaign.cancel()
     finally:
-        await agent.close()  # guests keep running; the next `up` re-adopts them
-        await importer.close()
         await store.close()
     print("diskplane up: stopped", flush=True)
 
@@ -106,7 +219,21 @@ async def up(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "up", help="run the embedded stack (store, controllers, importer) in the data dir"
+        "up",
+        help="run the embedded stack (store, controllers, importer service, node agent)",
+    )
+    parser.add_argument(
+        "--importer-listen",
+        default=DEFAULT_LISTEN,
+        help="importer service HOST:PORT (default %(default)s: a free port)",
+    )
+    parser.add_argument(
+        "--agent-listen",
+        default=DEFAULT_LISTEN,
+        help="node agent HOST:PORT (default %(default)s: a free port)",
+    )
+    parser.add_argument(
+        "--node-name", default=socket.gethostname(), help="this node's name (default: hostname)"
     )
 
     def handler(args: argparse.Namespace) -> int:

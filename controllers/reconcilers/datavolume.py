@@ -31,6 +31,7 @@ MiB = 1 << 20
 
 _PHASES = {
     ImportState.SCHEDULED: Phase.IMPORT_SCHEDULED,
+    ImportState.UPLOAD_READY: Phase.UPLOAD_READY,
     ImportState.RUNNING: Phase.IMPORT_IN_PROGRESS,
     ImportState.SUCCEEDED: Phase.SUCCEEDED,
     ImportState.FAILED: Phase.FAILED,
@@ -121,9 +122,6 @@ class DataVolumeReconciler:
             return Result(requeue_after=CLAIM_RECHECK_S)
         bound = (claim.get("status") or {}).get("phase") == "Bound"
         source = dv["spec"].get("source") or {}
-        if "upload" in source:
-            await self._publish(dv, Phase.UPLOAD_READY, ImportStatus(ImportState.SCHEDULED), bound)
-            return Result()
         job = ImportJob(
             namespace=md.get("namespace") or "default",
             name=md["name"],
@@ -134,7 +132,10 @@ class DataVolumeReconciler:
             credentials=await self._credentials(md.get("namespace") or "default", source),
         )
         state = await self.importer.ensure(job)
-        await self._publish(dv, _PHASES[state.state], state, bound)
+        phase = _PHASES[state.state]
+        if "upload" in source and state.state == ImportState.SCHEDULED:
+            phase = Phase.UPLOAD_READY  # CDI: the upload target waits for bytes
+        await self._publish(dv, phase, state, bound)
         return Result()
 
     async def _credentials(self, namespace: str, source: dict[str, Any]) -> dict[str, str] | None:

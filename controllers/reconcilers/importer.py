@@ -1,8 +1,8 @@
 """The seam between the DataVolume reconciler and whatever performs imports.
 
-The embedded stack uses :class:`~controllers.reconcilers.local_importer.LocalImporter`
-(``cdi.run_import`` in this process); the importer service client or a
-one-shot importer pod can stand behind the same protocol.
+``diskplane up`` uses :class:`~controllers.reconcilers.service_importer.ServiceImporter`
+(the importer service over HTTP); :class:`~controllers.reconcilers.local_importer.LocalImporter`
+runs ``cdi.run_import`` in this process (tests, ``diskplane controllers``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ Key = tuple[str, str]
 
 class ImportState(StrEnum):
     SCHEDULED = "Scheduled"
+    UPLOAD_READY = "UploadReady"  # an upload target waiting for the user's bytes
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"

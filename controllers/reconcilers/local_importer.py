@@ -76,6 +76,9 @@ class LocalImporter:
             await self.cancel(*job.key)
         entry = _Entry(job, ImportStatus(ImportState.SCHEDULED))
         self._entries[job.key] = entry
+        if "upload" in job.source:  # no upload endpoint in-process: the target just waits
+            entry.status = ImportStatus(ImportState.UPLOAD_READY)
+            return entry.status
         if await asyncio.to_thread(self._already_imported, job):
             entry.status = ImportStatus(ImportState.SUCCEEDED, progress="100.0%")
             return entry.status

@@ -1,37 +1,42 @@
-"""VirtualMachineInstance -> a guest on the node agent -> status mirrored back.
+"""VirtualMachineInstance -> scheduled onto a node agent -> a guest there -> status mirrored.
 
-Embedded mode runs the agent in this process (:class:`virtnode.NodeAgent`).
-The agent's event bus tells which VMI changed; the reconciler reads the
-agent's view and patches the VMI's status with it. Deleting a VMI stops its
-guest gracefully first (finalizer).
+The reconciler talks to node agents over HTTP only (:class:`virtnode.AgentClient`).
+An unscheduled VMI gets the registered agent with the most free memory
+(:class:`controllers.nodes.NodeDirectory`), recorded in ``status.nodeName``;
+none fitting leaves it ``Pending`` with ``PodScheduled=False/Unschedulable``
+and retried. Each agent's event stream (``controllers.nodes.forward_agent_events``)
+says which VMI changed; the reconciler reads the agent's view and patches the
+VMI's status with it. Deleting a VMI stops its guest gracefully first (finalizer).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
+from controllers.api.common import now_rfc3339
 from controllers.api.kinds import VIRTUALMACHINEINSTANCE
 from controllers.api.virtualmachine import VMIPhase
 from controllers.errors import NotFound
+from controllers.nodes import NodeDirectory, NodeInfo
 from controllers.reconcile.controller import Result
 from controllers.reconcile.events import EventKind, EventRecorder
 from controllers.reconcilers.importer import Key
 from controllers.store.protocol import Object, Store
-from virtnode import NodeAgent, VirtnodeError, VmNotFoundError
+from virtnode import AgentClient, AgentUnavailableError, VirtnodeError, VmNotFoundError
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "diskplane.io/virtualmachineinstance"
 # `diskplane pause|unpause` set this annotation; the reconciler makes the guest match it.
 PAUSE_ANNOTATION = "diskplane.io/paused"
-# Status fields the agent reports that the VMI keeps.
+# How often an unschedulable VMI looks for room again.
+UNSCHEDULABLE_RETRY_S = 5.0
+# Status fields the agent reports that the VMI keeps (nodeName is the scheduler's).
 MIRRORED = (
     "phase",
     "printableStatus",
     "conditions",
-    "nodeName",
     "reason",
     "accelerator",
     "qemu",
@@ -41,8 +46,8 @@ MIRRORED = (
 
 
 class VirtualMachineInstanceReconciler:
-    def __init__(self, store: Store, agent: NodeAgent, recorder: EventRecorder) -> None:
-        self.store, self.agent, self.recorder = store, agent, recorder
+    def __init__(self, store: Store, nodes: NodeDirectory, recorder: EventRecorder) -> None:
+        self.store, self.nodes, self.recorder = store, nodes, recorder
 
     async def reconcile(self, key: Key) -> Result:
         try:
@@ -51,7 +56,7 @@ class VirtualMachineInstanceReconciler:
             return Result()
         md = vmi["metadata"]
         if md.get("deletionTimestamp"):
-            await self._stop(key)
+            await self._stop(vmi, key)
             if FINALIZER in (md.get("finalizers") or []):
                 md["finalizers"] = [f for f in md["finalizers"] if f != FINALIZER]
                 await self.store.update(VIRTUALMACHINEINSTANCE, vmi)
@@ -59,45 +64,102 @@ class VirtualMachineInstanceReconciler:
         if FINALIZER not in (md.get("finalizers") or []):
             md["finalizers"] = [*(md.get("finalizers") or []), FINALIZER]
             vmi = await self.store.update(VIRTUALMACHINEINSTANCE, vmi)
-        status = await self._run(vmi, key)
+        node = await self._node_of(vmi)
+        if node is None:
+            return Result(requeue_after=UNSCHEDULABLE_RETRY_S)
+        status = await self._run(vmi, key, await self.nodes.client(node))
         if status is not None:
             await self._mirror(vmi, status)
         return Result()
 
-    async def _run(self, vmi: Object, key: Key) -> dict[str, Any] | None:
+    async def _node_of(self, vmi: Object) -> NodeInfo | None:
+        """The node the VMI was placed on, or a new placement (patched into its status)."""
+        status = vmi.get("status") or {}
+        placed = status.get("nodeName")
+        if placed:
+            node = await self.nodes.get(placed)
+            if node is None:
+                log.warning("VMI %s: node %s is not registered", vmi["metadata"]["name"], placed)
+            return node
+        if status.get("phase") in (VMIPhase.SUCCEEDED, VMIPhase.FAILED):
+            return None
+        node = await self.nodes.schedule(vmi)
+        md = vmi["metadata"]
+        namespace = md.get("namespace") or "default"
+        if node is None:
+            message = "no registered node agent has enough free memory for this VMI"
+            unschedulable = {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+                "lastTransitionTime": now_rfc3339(),
+            }
+            if status.get("phase") != "Pending":
+                await self.store.patch_status(
+                    VIRTUALMACHINEINSTANCE,
+                    namespace,
+                    md["name"],
+                    {"phase": "Pending", "conditions": [unschedulable]},
+                )
+                await self.recorder.record(vmi, EventKind.WARNING, "FailedScheduling", message)
+            return None
+        patch = {"phase": "Scheduling", "nodeName": node.name, "conditions": []}
+        vmi["status"] = {**status, **patch}
+        await self.store.patch_status(VIRTUALMACHINEINSTANCE, namespace, md["name"], patch)
+        message = f"VMI scheduled on node {node.name} ({node.free_memory} bytes free)"
+        await self.recorder.record(vmi, EventKind.NORMAL, "Scheduled", message)
+        return node
+
+    async def _run(self, vmi: Object, key: Key, agent: AgentClient) -> dict[str, Any] | None:
         try:
-            vm = self.agent.get(*key)
+            current = await agent.get(*key)
         except VmNotFoundError:
             pass
         else:
-            await self._pause_as_asked(vmi, vm)
-            return dict(vm.status())
+            await self._pause_as_asked(vmi, current, agent)
+            return dict(current.get("status") or {})
         if (vmi.get("status") or {}).get("phase") in (VMIPhase.SUCCEEDED, VMIPhase.FAILED):
             return None  # it ran and ended; a VMI is never started twice
         try:
-            vm = await self.agent.create(vmi)
+            created = await agent.create(_for_agent(vmi))
+        except AgentUnavailableError:
+            raise  # retried with backoff
         except VirtnodeError as exc:
             await self.recorder.record(vmi, EventKind.WARNING, "FailedCreate", str(exc))
             return {"phase": VMIPhase.FAILED.value, "reason": "FailedCreate"}
-        node = vm.status().get("nodeName", "this node")
+        node = (vmi.get("status") or {}).get("nodeName", "its node")
         await self.recorder.record(vmi, EventKind.NORMAL, "Created", f"VMI started on {node}")
-        return dict(vm.status())
+        return dict(created.get("status") or {})
 
-    async def _pause_as_asked(self, vmi: Object, vm: Any) -> None:
+    async def _pause_as_asked(
+        self, vmi: Object, current: dict[str, Any], agent: AgentClient
+    ) -> None:
         annotations = vmi["metadata"].get("annotations") or {}
         wanted = annotations.get(PAUSE_ANNOTATION)
-        if wanted is None or vm.status().get("phase") != VMIPhase.RUNNING:
+        status = current.get("status") or {}
+        if wanted is None or status.get("phase") != VMIPhase.RUNNING:
             return
-        if wanted == "true" and not vm.paused:
-            await vm.pause()
+        paused = any(
+            c.get("type") == "Paused" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        ns, name = vmi["metadata"].get("namespace") or "default", vmi["metadata"]["name"]
+        if wanted == "true" and not paused:
+            await agent.action(ns, name, "pause")
             await self.recorder.record(vmi, EventKind.NORMAL, "Paused", "VMI paused")
-        elif wanted == "false" and vm.paused:
-            await vm.unpause()
+        elif wanted == "false" and paused:
+            await agent.action(ns, name, "unpause")
             await self.recorder.record(vmi, EventKind.NORMAL, "Unpaused", "VMI unpaused")
 
-    async def _stop(self, key: Key) -> None:
+    async def _stop(self, vmi: Object, key: Key) -> None:
+        placed = (vmi.get("status") or {}).get("nodeName")
+        node = await self.nodes.get(placed) if placed else None
+        if node is None:
+            return
+        agent = await self.nodes.client(node)
         try:
-            await self.agent.delete(*key)
+            await agent.delete(*key)
         except VmNotFoundError:
             return
 
@@ -112,17 +174,6 @@ class VirtualMachineInstanceReconciler:
         )
 
 
-async def forward_agent_events(agent: NodeAgent, enqueue: Callable[[Key], None]) -> None:
-    """Run until cancelled: every agent event about a VMI queues that VMI's key."""
-    subscription = agent.events.subscribe()
-    try:
-        while True:
-            event = await subscription.get()
-            if event is None:
-                return
-            target = str(event.get("vmi", ""))
-            if "/" in target:
-                namespace, name = target.split("/", 1)
-                enqueue((namespace, name))
-    finally:
-        subscription.close()
+def _for_agent(vmi: Object) -> dict[str, Any]:
+    """The VMI as the agent takes it: metadata and spec (status is the agent's to report)."""
+    return {k: v for k, v in vmi.items() if k != "status"}

@@ -17,14 +17,13 @@ from controllers.errors import NotFound
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers import DataVolumeReconciler, VirtualMachineReconciler
 from controllers.reconcilers.local_importer import LocalImporter
-from controllers.reconcilers.vmi import (
-    PAUSE_ANNOTATION,
-    VirtualMachineInstanceReconciler,
-    forward_agent_events,
-)
+from controllers.nodes import NodeDirectory, forward_agent_events, register_node
+from controllers.reconcilers.vmi import PAUSE_ANNOTATION, VirtualMachineInstanceReconciler
 from controllers.store import EmbeddedStore
+from controllers.up import serving
 from virtnode import AccelInfo, AgentSettings, NodeAgent, VmNotFoundError
 from virtnode.accel import AccelChoice
+from virtnode.api import create_app
 from virtnode.tinyguest import TinyGuest, kernel_cmdline
 
 WAIT = 120.0
@@ -37,8 +36,12 @@ async def stack(
     store = await EmbeddedStore.open(tmp_path)
     importer = LocalImporter(VolumePool.for_data_dir(tmp_path))
     accel = AccelInfo(guest_accel.accel, guest_accel.reason, tuple(guest_accel.qemu_args()))
-    agent = NodeAgent(AgentSettings(data_dir=tmp_path), accel=accel)
+    agent = NodeAgent(AgentSettings(data_dir=tmp_path, node_name="node-1"), accel=accel)
     await agent.start()
+    served = serving(create_app(agent, owns_agent=False), "127.0.0.1:0")
+    agent_url = await served.__aenter__()
+    await register_node(store, "node-1", agent_url, 8 << 30)
+    nodes = NodeDirectory(store)
     recorder = EventRecorder(store)
     dvs = Controller("dv", store, DATAVOLUME, DataVolumeReconciler(store, importer, recorder))
     importer.set_listener(dvs.enqueue)
@@ -53,13 +56,13 @@ async def stack(
         "vmi",
         store,
         VIRTUALMACHINEINSTANCE,
-        VirtualMachineInstanceReconciler(store, agent, recorder),
+        VirtualMachineInstanceReconciler(store, nodes, recorder),
     )
     tasks = [
         asyncio.create_task(dvs.run(), name="dv-controller"),
         asyncio.create_task(vms.run(), name="vm-controller"),
         asyncio.create_task(vmis.run(), name="vmi-controller"),
-        asyncio.create_task(forward_agent_events(agent, vmis.enqueue), name="agent-events"),
+        asyncio.create_task(forward_agent_events(agent_url, vmis.enqueue), name="agent-events"),
     ]
     try:
         yield store, agent
@@ -67,6 +70,8 @@ async def stack(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await nodes.close()
+        await served.__aexit__(None, None, None)
         for vm in list(agent.vms.values()):
             await agent.delete(vm.spec.namespace, vm.spec.name, grace=1)
         await agent.close()
