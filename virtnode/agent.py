@@ -19,7 +19,14 @@ from typing import Any
 from virtnode.containerdisks import NodeDiskCache
 from virtnode.disks import ContainerDiskSource
 from virtnode.driver import QemuDriver, VmDriver
-from virtnode.errors import LaunchError, SpecError, VmExistsError, VmNotFoundError
+from virtnode.errors import (
+    LaunchError,
+    SpecError,
+    VirtnodeError,
+    VmExistsError,
+    VmNotFoundError,
+    name_vmi,
+)
 from virtnode.events import EventBus
 from virtnode.finished import FinishedRecords
 from virtnode.metrics import AgentMetrics
@@ -55,6 +62,13 @@ async def make_driver(settings: AgentSettings) -> VmDriver:
         await driver.open()
         return driver
     return QemuDriver(settings)
+
+
+def _key_of(obj: Mapping[str, Any]) -> str:
+    """``ns/name`` of a VMI object as sent (for messages about an invalid one)."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name') or '(unnamed)'}"
 
 
 def kill_orphan(run: RunDir) -> None:
@@ -191,6 +205,13 @@ class NodeAgent:
             await self._ctx.driver.close()
 
     async def create(self, obj: Mapping[str, Any], *, incoming: bool = False) -> VirtualMachine:
+        try:
+            return await self._create(obj, incoming)
+        except VirtnodeError as exc:
+            name_vmi(exc, _key_of(obj))
+            raise
+
+    async def _create(self, obj: Mapping[str, Any], incoming: bool) -> VirtualMachine:
         spec = parse_vmi(obj)
         old = self.vms.get(spec.key)
         if old is not None and not old.finished.is_set():

@@ -39,6 +39,7 @@ from virtnode.errors import (
     VirtnodeError,
     VmNotFoundError,
     VmStateError,
+    name_vmi,
 )
 from virtnode.migration import MIGRATION_ACTIONS, prepare_target
 from virtnode.vm import VirtualMachine
@@ -201,7 +202,11 @@ async def vmi_action(request: web.Request) -> web.Response:
         raise VmNotFoundError(f"action {name!r} does not exist; use one of {sorted(ACTIONS)}")
     vm = _vm(request)
     body = await _json_body(request)
-    result = await action(vm, body)
+    try:
+        result = await action(vm, body)
+    except VirtnodeError as exc:
+        name_vmi(exc, vm.key)
+        raise
     return web.json_response({"vmi": vm.to_object(), "result": result})
 
 

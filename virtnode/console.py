@@ -24,6 +24,8 @@ READ_CHUNK = 4096
 #: Chunks queued per console client before that client is dropped as too slow.
 CLIENT_QUEUE_CHUNKS = 256
 CONNECT_TIMEOUT = 5.0
+#: How long typed input may wait for a guest that does not read its serial port.
+WRITE_TIMEOUT = 10.0
 CONNECT_RETRY_INTERVAL = 0.05
 
 
@@ -148,7 +150,15 @@ class ConsoleHub:
         if self._writer is None or self.closed:
             raise ConsoleError(f"serial console of VM {self._vm} is closed")
         self._writer.write(data)
-        await self._writer.drain()
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise ConsoleError(
+                f"the guest of VM {self._vm} did not read console input within {WRITE_TIMEOUT:g} s"
+            ) from exc
+        except OSError as exc:
+            raise ConsoleError(f"serial console of VM {self._vm} failed: {exc}") from exc
 
     async def close(self) -> None:
         if self._reader_task is not None:

@@ -99,3 +99,15 @@ class AgentUnavailableError(VirtnodeError):
 
 class DriverUnavailableError(VirtnodeError):
     """The configured VM driver cannot run on this host."""
+
+
+def name_vmi(exc: VirtnodeError, key: str) -> VirtnodeError:
+    """Make ``exc``'s message name the VMI ``key`` (``ns/name``) when it does not yet.
+
+    Used where a VMI's request fails (create, actions), so every error a client sees
+    says which VMI it is about, whichever layer raised it; type and fields are kept.
+    """
+    message = str(exc)
+    if key not in message:
+        exc.args = (f"VMI {key}: {message}", *exc.args[1:])
+    return exc

@@ -34,9 +34,10 @@ from virtnode.blockdev import AttachedDisk
 from virtnode.errors import (
     DiskError,
     DriverUnavailableError,
+    LaunchError,
     QmpCommandError,
+    QmpConnectError,
     QmpDisconnectedError,
-    QmpError,
     QmpTimeoutError,
 )
 from virtnode.process import ProcessIdentity, RunAs, start_ticks
@@ -182,8 +183,9 @@ class LibvirtDriver:
         self._libvirt, self._qemu = libvirt, libvirt_qemu
         _ensure_event_loop(libvirt)
         try:
-            self.conn = await asyncio.to_thread(libvirt.open, self.settings.libvirt_uri)
-        except libvirt.libvirtError as exc:
+            async with asyncio.timeout(self.settings.qmp.connect):
+                self.conn = await asyncio.to_thread(libvirt.open, self.settings.libvirt_uri)
+        except (libvirt.libvirtError, TimeoutError) as exc:
             raise DriverUnavailableError(
                 f"libvirt at {self.settings.libvirt_uri} is not reachable ({exc}); start its "
                 "daemons (virtlogd -d; libvirtd -d) or use the qemu driver"
@@ -212,8 +214,12 @@ class LibvirtDriver:
             raise DriverUnavailableError("the libvirt driver cannot receive migrations yet")
         xml = domain_xml(spec, disks, run, accel.accel, self.settings.hotplug_ports)
         flags = self._libvirt.VIR_DOMAIN_START_PAUSED
+        limit = self.settings.launch_timeout
         try:
-            await asyncio.to_thread(self.conn.createXML, xml, flags)
+            async with asyncio.timeout(limit):
+                await asyncio.to_thread(self.conn.createXML, xml, flags)
+        except TimeoutError as exc:
+            raise LaunchError(f"libvirt did not start VM {spec.key} within {limit:g} s") from exc
         except self._libvirt.libvirtError as exc:
             raise DriverUnavailableError(f"libvirt refused VM {spec.key}: {exc}") from exc
         return await _domain_identity(domain_name(spec))
@@ -257,8 +263,9 @@ class LibvirtDriver:
 
     async def close(self) -> None:
         if self.conn is not None:
-            with contextlib.suppress(self._libvirt.libvirtError):
-                await asyncio.to_thread(self.conn.close)
+            with contextlib.suppress(self._libvirt.libvirtError, TimeoutError):
+                async with asyncio.timeout(self.settings.qmp.command):
+                    await asyncio.to_thread(self.conn.close)
             self.conn = None
 
 
@@ -285,6 +292,7 @@ class LibvirtMonitor:
         self._observe = observe
         self._dom: Any = None
         self._callbacks: list[int] = []
+        self._lifecycle: int | None = None
         self._events: asyncio.Queue[QmpEvent | None] = asyncio.Queue(
             driver.settings.event_queue_size
         )
@@ -293,10 +301,6 @@ class LibvirtMonitor:
     async def connect(self, limit: float | None = None) -> None:
         lv, conn = self._driver._libvirt, self._driver.conn
         loop = asyncio.get_running_loop()
-        try:
-            self._dom = await asyncio.to_thread(conn.lookupByName, self._name)
-        except lv.libvirtError as exc:
-            raise QmpDisconnectedError(f"libvirt has no domain for VM {self._vm}: {exc}") from exc
 
         def on_qmp(
             _c: Any, _d: Any, event: str, secs: int, micros: int, details: Any, _o: Any
@@ -308,12 +312,25 @@ class LibvirtMonitor:
             if event == lv.VIR_DOMAIN_EVENT_STOPPED:
                 loop.call_soon_threadsafe(self._offer, None)
 
-        self._callbacks.append(
-            self._driver._qemu.qemuMonitorEventRegister(conn, self._dom, None, on_qmp, None, 0)
-        )
-        self._lifecycle = conn.domainEventRegisterAny(
-            self._dom, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_life, None
-        )
+        def register() -> None:  # blocking libvirt calls: off the event loop
+            self._dom = conn.lookupByName(self._name)
+            self._callbacks.append(
+                self._driver._qemu.qemuMonitorEventRegister(conn, self._dom, None, on_qmp, None, 0)
+            )
+            self._lifecycle = conn.domainEventRegisterAny(
+                self._dom, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_life, None
+            )
+
+        limit = limit or self._driver.settings.qmp.connect
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.to_thread(register)
+        except TimeoutError as exc:
+            raise QmpConnectError(
+                f"libvirt did not connect the monitor of VM {self._vm} within {limit:g} s"
+            ) from exc
+        except lv.libvirtError as exc:
+            raise QmpDisconnectedError(f"libvirt has no domain for VM {self._vm}: {exc}") from exc
 
     def _offer(self, event: QmpEvent | None) -> None:
         if self._events.full():
@@ -361,10 +378,16 @@ class LibvirtMonitor:
         conn = self._driver.conn
         if conn is None:
             return
-        with contextlib.suppress(QmpError, self._driver._libvirt.libvirtError):
-            for callback in self._callbacks:
+        callbacks, self._callbacks = list(self._callbacks), []
+        lifecycle, self._lifecycle = self._lifecycle, None
+
+        def deregister() -> None:
+            for callback in callbacks:
                 self._driver._qemu.qemuMonitorEventDeregister(conn, callback)
-            if hasattr(self, "_lifecycle"):
-                conn.domainEventDeregisterAny(self._lifecycle)
-        self._callbacks.clear()
+            if lifecycle is not None:
+                conn.domainEventDeregisterAny(lifecycle)
+
+        with contextlib.suppress(self._driver._libvirt.libvirtError, TimeoutError):
+            async with asyncio.timeout(self._driver.settings.qmp.command):
+                await asyncio.to_thread(deregister)
         self._offer(None)

@@ -32,10 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from containerdisk import Reference
+from containerdisk import ContainerDiskError, Reference
 from virtnode.blockdev import AttachedDisk
 from virtnode.disks import qemu_img, volume_path
-from virtnode.errors import MigrationError, QmpError, SpecError, VirtnodeError, VmStateError
+from virtnode.errors import (
+    DiskError,
+    MigrationError,
+    QmpError,
+    SpecError,
+    VirtnodeError,
+    VmStateError,
+)
 from virtnode.qmp import QmpEvent
 from virtnode.spec import parse_vmi
 from virtnode.vm import VirtualMachine
@@ -80,7 +87,10 @@ async def pinned_vmi(vm: VirtualMachine) -> dict[str, Any]:
         if "containerDisk" in volume and name in vm.disks:
             image = str(volume["containerDisk"]["image"])
             digest = await _overlay_base_digest(vm, vm.disks[name])
-            pinned = str(Reference.parse(image).with_digest(digest))
+            try:
+                pinned = str(Reference.parse(image).with_digest(digest))
+            except ContainerDiskError as exc:
+                raise MigrationError(f"VM {vm.key}: containerDisk {image}: {exc}") from exc
             volume = {**volume, "containerDisk": {**volume["containerDisk"], "image": pinned}}
         volumes.append(volume)
     return {**obj, "spec": {**obj["spec"], "volumes": volumes}}
@@ -88,7 +98,12 @@ async def pinned_vmi(vm: VirtualMachine) -> dict[str, Any]:
 
 async def _overlay_base_digest(vm: VirtualMachine, attached: AttachedDisk) -> str:
     """The digest of the cached image under a containerDisk overlay (its cache dir name)."""
-    info = json.loads(await qemu_img("info", "-U", "--output=json", str(attached.path)))
+    try:
+        info = json.loads(await qemu_img("info", "-U", "--output=json", str(attached.path)))
+    except DiskError as exc:
+        raise MigrationError(
+            f"VM {vm.key}: containerDisk {attached.disk.name!r} overlay unreadable: {exc}"
+        ) from exc
     backing = Path(str(info.get("full-backing-filename") or info.get("backing-filename", "")))
     algo, _, hexdigest = backing.parent.name.partition("-")
     if not algo or not hexdigest:

@@ -228,8 +228,10 @@ class QmpSession:
             await asyncio.gather(self._watcher, return_exceptions=True)
         if self._client is not None:
             try:
-                await self._client.disconnect()
-            except (QMPError, EOFError, OSError) as exc:
+                # A hung QEMU must not hang the agent's shutdown or a VM's cleanup.
+                async with asyncio.timeout(self._timeouts.command):
+                    await self._client.disconnect()
+            except (QMPError, EOFError, OSError, TimeoutError) as exc:
                 # After QEMU quits the reader ends with EOF; that is the expected end.
                 log.debug("QMP disconnect of VM %s ended with %r", self._vm, exc)
         self._state = QmpState.CLOSED

@@ -26,7 +26,7 @@ from virtnode.blockdev import AttachedDisk
 from virtnode.console import ConsoleHub
 from virtnode.disks import ContainerDiskSource, DiskPreparer, stage_kernel
 from virtnode.driver import Monitor, VmDriver
-from virtnode.errors import QmpError, VirtnodeError, VmStateError
+from virtnode.errors import QmpError, VmStateError
 from virtnode.ownership import grant
 from virtnode.process import ProcessIdentity, RunAs, is_alive, kill, wait_exit
 from virtnode.qmp import QmpEvent
@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], None]
 LatencyObserver = Callable[[str, float], None]
-# After QEMU exits, how long the monitor waits for the last QMP events to drain.
-EVENT_DRAIN_TIMEOUT = 1.0
+# After QEMU exits, how long the monitor waits for the last QMP events to drain
+# (normally milliseconds: the monitor socket closes with QEMU). Kept well under a
+# second so the final phase follows QEMU's exit within one.
+EVENT_DRAIN_TIMEOUT = 0.5
 
 
 @dataclasses.dataclass
@@ -262,9 +264,8 @@ class VirtualMachine:
         events = asyncio.create_task(self._consume_events(), name=f"vm-events:{self.key}")
         try:
             await wait_exit(self.identity, self.settings.exit_poll_interval)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(EVENT_DRAIN_TIMEOUT):
-                    await asyncio.shield(events)
+            # asyncio.wait: a failed event task must not keep the VM from finishing.
+            await asyncio.wait({events}, timeout=EVENT_DRAIN_TIMEOUT)
         finally:
             events.cancel()
             await asyncio.gather(events, return_exceptions=True)
@@ -275,8 +276,8 @@ class VirtualMachine:
         async for event in self.qmp.events():
             try:
                 await self._handle_event(event)
-            except VirtnodeError as exc:
-                log.warning("VM %s: handling %s failed: %s", self.key, event.name, exc)
+            except Exception:  # one bad event must not stop phase tracking (not Cancelled)
+                log.exception("VM %s: handling QMP event %s failed", self.key, event.name)
 
     async def _handle_event(self, event: QmpEvent) -> None:
         self.ctx.publish({"type": "qmp", "vmi": self.key, "event": event.name, "data": event.data})

@@ -96,3 +96,13 @@ async def test_cancellation_is_not_swallowed(qemu: tuple[subprocess.Popen[bytes]
     os.kill(proc.pid, signal.SIGCONT)
     assert (await session.execute("query-status"))["status"] == "prelaunch"
     await session.close()
+
+
+async def test_close_is_bounded_when_qemu_hangs(qemu: tuple[subprocess.Popen[bytes], Path]) -> None:
+    proc, sock = qemu
+    session = QmpSession(sock, vm="t/hung", timeouts=FAST)
+    await session.connect()
+    os.kill(proc.pid, signal.SIGSTOP)
+    async with asyncio.timeout(FAST.command + 2):
+        await session.close()
+    assert session.state is QmpState.CLOSED
