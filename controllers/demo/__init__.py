@@ -26,9 +26,10 @@ from typing import Any
 
 from controllers.api.kinds import DATAVOLUME, VIRTUALMACHINE
 from controllers.demo.steps import Demo
-from controllers.demo.support import DV_NAME, VM_NAME, Stack, delete_and_wait
-from controllers.errors import ControllersError
+from controllers.demo.support import DV_NAME, VM_NAME, DemoError, Stack, delete_and_wait
 from controllers.store.embedded import EmbeddedStore
+
+__all__ = ["DemoError", "register", "run_demo"]
 
 # -- the command ---------------------------------------------------------------
 
@@ -111,12 +112,13 @@ async def run_demo(data_dir: Path, keep_serving: bool = False) -> int:
     def on_signal() -> None:
         if not interrupted.is_set():
             interrupted.set()
+            demo.out.step("interrupted: stopping what the demo started")
             task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
     work = Path(tempfile.mkdtemp(prefix="diskplane-demo-"))
     demo = Demo(data_dir=data_dir, work=work)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     print(f"diskplane demo: data dir {data_dir}, temp dir {work}", flush=True)
     code = 0
     try:
@@ -125,8 +127,7 @@ async def run_demo(data_dir: Path, keep_serving: bool = False) -> int:
         if not interrupted.is_set():
             raise
         code = 0 if keep_serving else 130
-        demo.out.step("interrupted; cleaning up")
-    except (ControllersError, OSError) as exc:
+    except Exception as exc:  # every step's failure ends here, after its own cleanup
         demo.out.end_line()
         print(f"error: diskplane demo failed: {exc}", file=sys.stderr, flush=True)
         code = 1
@@ -135,7 +136,8 @@ async def run_demo(data_dir: Path, keep_serving: bool = False) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-    demo.out.step("done: everything the demo started is stopped" if code == 0 else "stopped")
+    ending = "done" if code == 0 else "failed" if code == 1 else "interrupted"
+    demo.out.step(f"{ending}: everything the demo started is stopped")
     return code
 
 

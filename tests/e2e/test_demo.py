@@ -83,3 +83,22 @@ def test_demo_shows_each_step_and_cleans_up(tmp_path: Path) -> None:
     assert not Path(temp.group(1)).exists()
     assert processes_mentioning(str(data_dir), temp.group(1)) == []
     assert not (data_dir / "volumes" / "default" / "demo-disk").exists()
+
+
+def test_a_failing_step_says_why_exits_1_and_cleans_up(tmp_path: Path) -> None:
+    data_dir = tmp_path / "not-a-dir"
+    data_dir.write_text("")  # `diskplane up` cannot open its store here
+    run = subprocess.run(
+        [sys.executable, "-m", "controllers.cli", "--data-dir", str(data_dir), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+    )
+    assert run.returncode == 1, run.stdout
+    assert "error: diskplane demo failed: diskplane up exited at start" in run.stderr
+    assert "failed: everything the demo started is stopped" in run.stdout
+    temp = re.search(r"temp dir (\S+)", run.stdout)
+    assert temp is not None
+    assert not Path(temp.group(1)).exists()
+    assert processes_mentioning(str(data_dir), temp.group(1)) == []
