@@ -40,9 +40,9 @@ class Monitor(Protocol):
 
 class VmDriver(Protocol):
     name: str
-    #: True when the driver hot-plugs disks itself (libvirt's attach/detachDeviceFlags,
-    #: so its view of the domain stays true); False: :mod:`virtnode.volumeops` does it
-    #: over QMP (``blockdev-add`` + ``device_add``).
+    #: True when the driver hot-plugs, unplugs and resizes disks itself (libvirt's
+    #: attachDeviceFlags/detachDeviceAlias/blockResize, so its view of the domain stays
+    #: true); False: :mod:`virtnode.volumeops` does it over QMP.
     manages_devices: bool
 
     def run_as(self, default: RunAs | None) -> RunAs | None:
@@ -68,6 +68,10 @@ class VmDriver(Protocol):
 
     async def detach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
         """Ask for ``attached`` to be unplugged; the guest's release is ``DEVICE_DELETED``."""
+        ...
+
+    async def resize_disk(self, spec: VmiSpec, attached: AttachedDisk, size: int) -> None:
+        """Grow ``attached`` to ``size`` bytes (only when :attr:`manages_devices`)."""
         ...
 
     async def close(self) -> None: ...
@@ -124,6 +128,9 @@ class QemuDriver:
 
     async def detach_disk(self, spec: VmiSpec, attached: AttachedDisk) -> None:
         raise DriverUnavailableError(f"VM {spec.key}: the qemu driver unplugs over QMP")
+
+    async def resize_disk(self, spec: VmiSpec, attached: AttachedDisk, size: int) -> None:
+        raise DriverUnavailableError(f"VM {spec.key}: the qemu driver resizes over QMP")
 
     async def close(self) -> None:
         return None

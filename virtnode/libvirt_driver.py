@@ -10,10 +10,11 @@ with ElementTree, so every value is escaped), started paused, and driven with
 ``virDomainQemuMonitorCommand`` (QMP passthrough, as KubeVirt does for a few
 calls) plus ``qemuMonitorEventRegister`` for QMP events. libvirt runs QEMU as its
 own user (``libvirt-qemu``) with dynamic ownership of the disks; the serial
-console is a unix socket in the run dir, logged by virtlogd. Disk hotplug and
-unplug go through libvirt (``attachDeviceFlags``/``detachDeviceFlags`` with disk
-XML), so its live domain XML stays true; resize, snapshots, mirror and migration are
-QMP passthrough that libvirt does not see (docs/virtnode.md lists them).
+console is a unix socket in the run dir, logged by virtlogd. Disk hotplug,
+unplug and resize go through libvirt (``attachDeviceFlags``/``detachDeviceAlias``
+with disk XML, ``blockResize``), so its live domain XML stays true; snapshots,
+mirror and migration are QMP passthrough that libvirt does not see
+(docs/virtnode.md lists them).
 """
 
 from __future__ import annotations
@@ -243,6 +244,14 @@ class LibvirtDriver:
             dom.detachDeviceAlias(attached.device_id, self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
         await self._device_call(spec, attached, "detach", detach)
+
+    async def resize_disk(self, spec: VmiSpec, attached: AttachedDisk, size: int) -> None:
+        def grow() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            flags = self._libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+            dom.blockResize(str(attached.path), size, flags)
+
+        await self._device_call(spec, attached, "resize", grow)
 
     async def _device_call(
         self, spec: VmiSpec, attached: AttachedDisk, what: str, call: Callable[[], None]

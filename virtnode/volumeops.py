@@ -150,9 +150,12 @@ async def resize(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
         size = parse_quantity(body["size"], "resize size")
     else:
         size = os.stat(attached.path).st_size
-    node = vm.snapshots.get(attached.disk.name, {}).get("node", attached.node_name)
     async with vm.lock:
-        await vm.execute("block_resize", {"node-name": node, "size": size})
+        if vm.ctx.driver.manages_devices:  # libvirt: blockResize keeps its view true
+            await vm.ctx.driver.resize_disk(vm.spec, attached, size)
+        else:
+            node = vm.snapshots.get(attached.disk.name, {}).get("node", attached.node_name)
+            await vm.execute("block_resize", {"node-name": node, "size": size})
     return {"name": attached.disk.name, "size": size}
 
 

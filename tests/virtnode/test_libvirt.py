@@ -35,7 +35,7 @@ from virtnode.libvirt_driver import LibvirtDriver, domain_name, domain_xml, free
 from virtnode.rundir import RunDir
 from virtnode.spec import parse_vmi
 from virtnode.tinyguest import POWER_BUTTON_LINE, TinyGuest
-from virtnode.volumeops import add_volume, remove_volume, resize
+from virtnode.volumeops import add_volume, remove_volume, resize, snapshot
 
 MiB = 2**20
 # How long the hand-started daemons may take to answer.
@@ -166,9 +166,14 @@ async def test_guest_lifecycle_under_libvirt(
     await remove_volume(vm, {"name": "hot"})
     await vm.console.wait_for(re.compile(rb"disks=vda\r?\n"), since=pos, limit=20)
     assert "ua-hot" not in await _live_aliases(libvirt_agent, vm)
-    # Block-node operations stay QMP passthrough; libvirt names its nodes, so ours miss.
+    # Resize goes through libvirt's blockResize; QEMU sees the new size.
+    assert (await resize(vm, {"name": "root", "size": "16Mi"}))["size"] == 16 * MiB
+    blocks = await vm.execute("query-block")
+    sizes = {b["qdev"]: b["inserted"]["image"]["virtual-size"] for b in blocks if "inserted" in b}
+    assert [v for k, v in sizes.items() if "ua-root" in k] == [16 * MiB]
+    # Snapshots stay QMP passthrough; libvirt names its block nodes, so ours miss.
     with pytest.raises(QmpCommandError):
-        await resize(vm, {"name": "root", "size": 16 * MiB})
+        await snapshot(vm, {"name": "root"})
 
     # A restarted agent re-adopts the libvirt domain (QMP passthrough and console again).
     await libvirt_agent.close()
