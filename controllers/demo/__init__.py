@@ -60,8 +60,9 @@ async def _stack_and_store(demo: Demo) -> AsyncIterator[EmbeddedStore]:
         finally:
             if store is not None:
                 await store.close()
+            stopping = time.monotonic()
             await stack.stop()
-            demo.out.detail("diskplane up stopped")
+            demo.out.step("diskplane up stopped", time.monotonic() - stopping)
 
 
 async def _remove_objects(demo: Demo, store: EmbeddedStore) -> None:

@@ -39,7 +39,7 @@ STEPS = [
     r"digest +sha256:[0-9a-f]{64}",
     r"pulled back +identical",
     r"\] deleted demo, demo-disk",
-    r"diskplane up stopped",
+    r"\] diskplane up stopped",
     r"\] done: everything the demo started is stopped",
 ]
 
