@@ -39,6 +39,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
         "restart",
         "pause",
         "unpause",
+        "image-upload",
     ),
 }
 

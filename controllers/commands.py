@@ -356,3 +356,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("name", help="VirtualMachine name")
         _common(p)
         p.set_defaults(handler=_run(fn))
+
+    from controllers import image_upload
+
+    image_upload.register(subparsers)

@@ -12,9 +12,10 @@ it starts
   registered agents and talks to them with ``virtnode.AgentClient``;
 
 and writes the services' URLs to ``<data_dir>/up.json`` (:func:`read_endpoints`)
-for ``diskplane image-upload`` and ``diskplane vmconsole``. Both listen
-addresses default to a free port on 127.0.0.1. SIGINT/SIGTERM stop it;
-guests keep running and the next ``up`` re-adopts them; objects, import jobs
+for ``diskplane image-upload``. The services listen on their usual ports
+(importer 8444, agent 8186, so ``diskplane upload`` and ``diskplane console``
+reach them without flags) or, when one is taken, on a free port of 127.0.0.1.
+SIGINT/SIGTERM stop it; guests keep running and the next ``up`` re-adopts them; objects, import jobs
 and finished volumes survive restarts.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -59,7 +61,10 @@ from virtnode.api import create_app as create_agent_app
 LEASE_NAME = "diskplane-up"
 LEASE_NAMESPACE = "diskplane-system"
 ENDPOINTS_FILE = "up.json"
-DEFAULT_LISTEN = "127.0.0.1:0"  # a free port; the URL goes to up.json
+# The services' usual ports (`diskplane upload` and `diskplane console` default to them);
+# when one is taken, `up` serves on a free port instead. up.json has the URLs either way.
+DEFAULT_IMPORTER_LISTEN = "127.0.0.1:8444"
+DEFAULT_AGENT_LISTEN = "127.0.0.1:8186"
 
 
 @dataclass(frozen=True)
@@ -100,14 +105,22 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, listen: str) -> AsyncIterator[str]:
-    """Serve ``app`` on ``listen`` (HOST:PORT, port 0 = free); yields its URL."""
+async def serving(app: web.Application, listen: str, fallback: bool = False) -> AsyncIterator[str]:
+    """Serve ``app`` on ``listen`` (HOST:PORT, port 0 = free); yields its URL.
+
+    With ``fallback`` a port already in use is replaced by a free one.
+    """
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
         host, port = _host_port(listen)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            if not fallback or exc.errno != errno.EADDRINUSE:
+                raise
+            print(f"diskplane up: {host}:{port} is in use; serving on a free port", flush=True)
+            await web.TCPSite(runner, host, 0).start()
         bound = runner.addresses[0][1]
         yield f"http://{host}:{bound}"
     finally:
@@ -166,8 +179,16 @@ async def _run_stack(args: argparse.Namespace, store: Store, stop: asyncio.Event
     importer_app = create_importer_app(ServiceSettings(data_dir=data_dir))
     agent = NodeAgent(AgentSettings(data_dir=data_dir, node_name=args.node_name))
     async with (
-        serving(importer_app, args.importer_listen) as importer_url,
-        serving(create_agent_app(agent), args.agent_listen) as agent_url,
+        serving(
+            importer_app,
+            args.importer_listen or DEFAULT_IMPORTER_LISTEN,
+            fallback=not args.importer_listen,
+        ) as importer_url,
+        serving(
+            create_agent_app(agent),
+            args.agent_listen or DEFAULT_AGENT_LISTEN,
+            fallback=not args.agent_listen,
+        ) as agent_url,
     ):
         endpoints = Endpoints(importer_url, agent_url, args.node_name, os.getpid())
         await register_node(store, endpoints.node, agent_url, free_memory_bytes())
@@ -224,13 +245,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--importer-listen",
-        default=DEFAULT_LISTEN,
-        help="importer service HOST:PORT (default %(default)s: a free port)",
+        help=f"importer service HOST:PORT (default {DEFAULT_IMPORTER_LISTEN}, else a free port)",
     )
     parser.add_argument(
         "--agent-listen",
-        default=DEFAULT_LISTEN,
-        help="node agent HOST:PORT (default %(default)s: a free port)",
+        help=f"node agent HOST:PORT (default {DEFAULT_AGENT_LISTEN}, else a free port)",
     )
     parser.add_argument(
         "--node-name", default=socket.gethostname(), help="this node's name (default: hostname)"

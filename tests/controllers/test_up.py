@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from cdi.service import ImporterClient
 from controllers.api import DATAVOLUME, VIRTUALMACHINE
+from controllers.nodes import NodeDirectory
 from controllers.store import EmbeddedStore
+from controllers.up import read_endpoints
 from tests.controllers.test_cli import EXAMPLES, LineReader, diskplane
+from virtnode import AgentClient
 
 LINE_TIMEOUT = 30.0
 PHASE_TIMEOUT = 60.0
@@ -22,7 +26,18 @@ PHASE_TIMEOUT = 60.0
 
 def start_up(data_dir: Path) -> tuple[subprocess.Popen[bytes], LineReader]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "controllers.cli", "--data-dir", str(data_dir), "up"],
+        [
+            sys.executable,
+            "-m",
+            "controllers.cli",
+            "--data-dir",
+            str(data_dir),
+            "up",
+            "--importer-listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -57,6 +72,59 @@ async def wait_phase(data_dir: Path, name: str, phase: str) -> dict[str, object]
         return await asyncio.wait_for(follow(), PHASE_TIMEOUT)
     finally:
         await store.close()
+
+
+def test_up_serves_the_importer_and_the_agent_and_registers_its_node(tmp_path: Path) -> None:
+    process, _ = start_up(tmp_path)
+    try:
+        endpoints = read_endpoints(tmp_path)
+        assert endpoints is not None
+        assert endpoints.pid == process.pid
+        assert endpoints.importer.startswith("http://127.0.0.1:")
+        assert endpoints.agent.startswith("http://127.0.0.1:")
+
+        async def probe() -> None:
+            async with AgentClient(endpoints.agent) as agent:
+                assert (await agent.health())["status"] == "ok"
+            async with ImporterClient(endpoints.importer) as importer:
+                assert await importer.list_imports() == []
+            store = await EmbeddedStore.open(tmp_path)
+            try:
+                nodes = await NodeDirectory(store).nodes()
+            finally:
+                await store.close()
+            assert [(n.name, n.url) for n in nodes] == [(endpoints.node, endpoints.agent)]
+            assert nodes[0].free_memory > 0
+
+        asyncio.run(probe())
+    finally:
+        assert stop(process) == 0
+    assert read_endpoints(tmp_path) is None
+
+
+def test_upload_datavolume_goes_upload_ready_then_succeeded(tmp_path: Path) -> None:
+    image = tmp_path / "image.raw"
+    payload = b"DISKPLANE-UPLOAD" * 4096
+    image.write_bytes(payload + bytes(1024 * 1024 - len(payload)))
+    data_dir = tmp_path / "data"
+    process, _ = start_up(data_dir)
+    try:
+        applied = diskplane(data_dir, "apply", "-f", str(EXAMPLES / "datavolume-upload.yaml"))
+        assert applied.returncode == 0, applied.stderr
+        asyncio.run(wait_phase(data_dir, "uploaded", "UploadReady"))
+        uploaded = diskplane(data_dir, "image-upload", "dv", "uploaded", "--image-path", str(image))
+        assert uploaded.returncode == 0, uploaded.stdout + uploaded.stderr
+        assert "DataVolume default/uploaded Succeeded" in uploaded.stdout
+        done = asyncio.run(wait_phase(data_dir, "uploaded", "Succeeded"))
+        assert done["status"]["progress"] == "100.00%"  # type: ignore[index]
+        disk = data_dir / "volumes" / "default" / "uploaded" / "disk.img"
+        with disk.open("rb") as handle:
+            assert handle.read(len(payload)) == payload
+        again = diskplane(data_dir, "image-upload", "dv", "uploaded", "--image-path", str(image))
+        assert again.returncode == 1
+        assert "UploadReady" in again.stderr
+    finally:
+        assert stop(process) == 0
 
 
 def test_up_imports_a_blank_datavolume_and_survives_a_restart(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ import pytest
 from cdi import VolumePool
 from controllers.api import DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
 from controllers.errors import NotFound
+from controllers.nodes import NodeDirectory, forward_agent_events, register_node
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers import DataVolumeReconciler, VirtualMachineReconciler
 from controllers.reconcilers.local_importer import LocalImporter
-from controllers.nodes import NodeDirectory, forward_agent_events, register_node
 from controllers.reconcilers.vmi import PAUSE_ANNOTATION, VirtualMachineInstanceReconciler
 from controllers.store import EmbeddedStore
 from controllers.up import serving
