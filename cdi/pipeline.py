@@ -399,7 +399,7 @@ class ImportJob:
         await SequentialTransfer(
             source,
             info.size,
-            info.supports_ranges,
+            info.supports_ranges or info.resumable,
             lambda d: state["chain"].feed(d),
             new_chain,
             settings=self.settings,

@@ -24,6 +24,9 @@ class SourceInfo:
     supports_ranges: bool
     validator: str | None
     head: bytes
+    #: ``stream(start, None)`` continues at ``start`` although random ranges are not
+    #: offered (registry disks); a drop within a run then resumes instead of restarting.
+    resumable: bool = False
 
 
 class Source(Protocol):

@@ -4,7 +4,8 @@ The disk file of a containerDisk (``disk/*`` in a layer) or of a disk artifact
 streams in order with every blob's digest verified by ``containerdisk``. This
 module is the one place that translates containerdisk's errors into ours. A
 retry re-opens the image (pinned to the manifest digest seen first) and
-streams from byte 0, since layers are compressed tar streams.
+resumes at the offset reached (``RegistryDisk.chunks(start)``), so the
+decoder and the disk writes carry on instead of starting over.
 """
 
 from __future__ import annotations
@@ -72,12 +73,14 @@ class RegistrySource:
         self.manifest_digest = resolved.manifest_digest
         return resolved.manifest_digest
 
-    async def _open(self) -> tuple[containerdisk.RegistryDisk, AsyncGenerator[bytes, None]]:
+    async def _open(
+        self, start: int = 0
+    ) -> tuple[containerdisk.RegistryDisk, AsyncGenerator[bytes, None]]:
         await self._enter()
         disk = await self._stack.enter_async_context(self._client.open_disk(self.reference))
         self.reference = disk.reference.with_digest(disk.manifest_digest)  # pin for retries
         self.manifest_digest = disk.manifest_digest
-        chunks = disk.chunks()
+        chunks = disk.chunks(start)
         self._stack.push_async_callback(chunks.aclose)
         return disk, chunks
 
@@ -91,23 +94,41 @@ class RegistrySource:
                     break
         self._pending = (bytes(head), chunks)
         return SourceInfo(
-            disk.size, False, f"digest:{disk.manifest_digest}", bytes(head[:HEADER_BYTES])
+            disk.size,
+            False,
+            f"digest:{disk.manifest_digest}",
+            bytes(head[:HEADER_BYTES]),
+            resumable=True,
         )
 
     async def stream(self, start: int, end: int | None) -> AsyncGenerator[bytes, None]:
-        if start != 0 or end is not None:
-            raise InvalidRequest(f"{self.description} cannot be read at an offset")
+        """The disk from ``start`` on (``end`` must be None: no random ranges).
+
+        A later call re-opens the pinned image and resumes with
+        ``RegistryDisk.chunks(start)``: segments of an artifact that end before
+        ``start`` are not fetched again; a layer is re-read (and verified) from
+        its start, but only the bytes from ``start`` on are handed over.
+        """
+        if end is not None:
+            raise InvalidRequest(f"{self.description} cannot be read in ranges")
         with _translated(self.description):
-            if self._pending is not None:
+            if self._pending is not None and start == 0:
                 head, chunks = self._pending
                 self._pending = None
             else:
-                _disk, chunks = await self._open()
+                await self._drop_pending()
+                _disk, chunks = await self._open(start)
                 head = b""
             if head:
                 yield head
             async for piece in chunks:
                 yield piece
+
+    async def _drop_pending(self) -> None:
+        if self._pending is not None:
+            _head, chunks = self._pending
+            self._pending = None
+            await chunks.aclose()
 
     async def aclose(self) -> None:
         await self._stack.aclose()
