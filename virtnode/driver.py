@@ -11,6 +11,7 @@ console, phases, stop, exit watch) is shared.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from virtnode.argv import LaunchOptions, build_argv
@@ -40,9 +41,9 @@ class Monitor(Protocol):
 
 class VmDriver(Protocol):
     name: str
-    #: True when the driver hot-plugs, unplugs and resizes disks itself (libvirt's
-    #: attachDeviceFlags/detachDeviceAlias/blockResize, so its view of the domain stays
-    #: true); False: :mod:`virtnode.volumeops` does it over QMP.
+    #: True when the driver runs disk operations itself (libvirt: hotplug, unplug,
+    #: resize, snapshot, commit, copy through its API, so its view of the domain stays
+    #: true); False: :mod:`virtnode.volumeops` does them over QMP.
     manages_devices: bool
 
     def run_as(self, default: RunAs | None) -> RunAs | None:
@@ -73,6 +74,15 @@ class VmDriver(Protocol):
     async def resize_disk(self, spec: VmiSpec, attached: AttachedDisk, size: int) -> None:
         """Grow ``attached`` to ``size`` bytes (only when :attr:`manages_devices`)."""
         ...
+
+    # Block jobs (only when :attr:`manages_devices`); readiness is QEMU's BLOCK_JOB_READY.
+    async def snapshot_disk(self, spec: VmiSpec, attached: AttachedDisk, overlay: Path) -> None: ...
+
+    async def start_commit(self, spec: VmiSpec, attached: AttachedDisk) -> None: ...
+
+    async def start_copy(self, spec: VmiSpec, attached: AttachedDisk, target: Path) -> None: ...
+
+    async def pivot(self, spec: VmiSpec, attached: AttachedDisk) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -131,6 +141,18 @@ class QemuDriver:
 
     async def resize_disk(self, spec: VmiSpec, attached: AttachedDisk, size: int) -> None:
         raise DriverUnavailableError(f"VM {spec.key}: the qemu driver resizes over QMP")
+
+    async def snapshot_disk(self, spec: VmiSpec, attached: AttachedDisk, overlay: Path) -> None:
+        raise DriverUnavailableError(f"VM {spec.key}: the qemu driver snapshots over QMP")
+
+    async def start_commit(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        raise DriverUnavailableError(f"VM {spec.key}: the qemu driver commits over QMP")
+
+    async def start_copy(self, spec: VmiSpec, attached: AttachedDisk, target: Path) -> None:
+        raise DriverUnavailableError(f"VM {spec.key}: the qemu driver mirrors over QMP")
+
+    async def pivot(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        raise DriverUnavailableError(f"VM {spec.key}: the qemu driver pivots over QMP")
 
     async def close(self) -> None:
         return None

@@ -11,10 +11,11 @@ with ElementTree, so every value is escaped), started paused, and driven with
 calls) plus ``qemuMonitorEventRegister`` for QMP events. libvirt runs QEMU as its
 own user (``libvirt-qemu``) with dynamic ownership of the disks; the serial
 console is a unix socket in the run dir, logged by virtlogd. Disk hotplug,
-unplug and resize go through libvirt (``attachDeviceFlags``/``detachDeviceAlias``
-with disk XML, ``blockResize``), so its live domain XML stays true; snapshots,
-mirror and migration are QMP passthrough that libvirt does not see
-(docs/virtnode.md lists them).
+unplug, resize, snapshot, commit and copy go through libvirt
+(``attachDeviceFlags``/``detachDeviceAlias``, ``blockResize``,
+``snapshotCreateXML``, ``blockCommit``/``blockCopy`` + ``blockJobAbort(PIVOT)``), so
+its live domain XML stays true; outgoing migration is QMP passthrough and incoming
+migration is refused (docs/virtnode.md lists them).
 """
 
 from __future__ import annotations
@@ -147,6 +148,17 @@ def free_virtio_dev(live_xml: str) -> str:
     raise DiskError("the domain has no free virtio disk name (vda..vdz are used)")
 
 
+def _target_dev(live_xml: str, alias: str) -> str:
+    """The guest device name (``vda``) of the disk with ``alias`` in the live XML."""
+    root = ET.fromstring(live_xml)  # noqa: S314 (libvirtd's own XML, not user input)
+    for disk in root.iterfind("devices/disk"):
+        found = disk.find("alias")
+        target = disk.find("target")
+        if found is not None and target is not None and found.get("name") == alias:
+            return str(target.get("dev"))
+    raise DiskError(f"libvirt's domain has no disk with alias {alias}")
+
+
 def _ensure_event_loop(libvirt: Any) -> None:
     """libvirt delivers events only while its default event loop runs (one per process)."""
     global _event_loop_started
@@ -252,6 +264,74 @@ class LibvirtDriver:
             dom.blockResize(str(attached.path), size, flags)
 
         await self._device_call(spec, attached, "resize", grow)
+
+    async def snapshot_disk(self, spec: VmiSpec, attached: AttachedDisk, overlay: Path) -> None:
+        """External disk-only snapshot onto ``overlay`` (created by the agent, reused)."""
+        lv = self._libvirt
+
+        def take() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            live = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 (libvirtd's own XML)
+            snap = ET.Element("domainsnapshot")
+            disks = ET.SubElement(snap, "disks")
+            for disk in live.iterfind("devices/disk"):
+                dev = disk.find("target")
+                alias = disk.find("alias")
+                if dev is None or alias is None:
+                    continue
+                mine = alias.get("name") == attached.device_id
+                el = ET.SubElement(
+                    disks, "disk", name=str(dev.get("dev")), snapshot="external" if mine else "no"
+                )
+                if mine:
+                    el.set("type", "file")
+                    ET.SubElement(el, "driver", type="qcow2")
+                    ET.SubElement(el, "source", file=str(overlay))
+            flags = (
+                lv.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+                | lv.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                | lv.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
+            )
+            dom.snapshotCreateXML(ET.tostring(snap, encoding="unicode"), flags)
+
+        await self._device_call(spec, attached, "snapshot", take)
+
+    async def start_commit(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        """Active block-commit of the snapshot into its base; ready is ``BLOCK_JOB_READY``."""
+        lv = self._libvirt
+
+        def commit() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            dev = _target_dev(dom.XMLDesc(0), attached.device_id)
+            dom.blockCommit(dev, None, None, 0, lv.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+
+        await self._device_call(spec, attached, "commit", commit)
+
+    async def start_copy(self, spec: VmiSpec, attached: AttachedDisk, target: Path) -> None:
+        """Block copy onto the existing raw ``target``; ready is ``BLOCK_JOB_READY``."""
+        lv = self._libvirt
+
+        def copy() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            dev = _target_dev(dom.XMLDesc(0), attached.device_id)
+            dest = ET.Element("disk", type="file")
+            ET.SubElement(dest, "driver", type="raw")
+            ET.SubElement(dest, "source", file=str(target))
+            xml = ET.tostring(dest, encoding="unicode")
+            dom.blockCopy(dev, xml, None, lv.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+
+        await self._device_call(spec, attached, "copy", copy)
+
+    async def pivot(self, spec: VmiSpec, attached: AttachedDisk) -> None:
+        """End a ready commit/copy job by switching the guest to its result."""
+        lv = self._libvirt
+
+        def pivot() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            dev = _target_dev(dom.XMLDesc(0), attached.device_id)
+            dom.blockJobAbort(dev, lv.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+
+        await self._device_call(spec, attached, "pivot", pivot)
 
     async def _device_call(
         self, spec: VmiSpec, attached: AttachedDisk, what: str, call: Callable[[], None]

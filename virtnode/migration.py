@@ -120,6 +120,11 @@ def _nbd_node(attached: AttachedDisk) -> str:
 
 async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
     vm.require_running("migrate")
+    if vm.ctx.driver.name != "qemu":
+        raise MigrationError(
+            f"VM {vm.key} runs under the {vm.ctx.driver.name} driver; live migration needs "
+            "the qemu driver on both nodes"
+        )
     target = body.get("targetAgent")
     if not isinstance(target, str) or not target.startswith(("http://", "https://")):
         raise SpecError("migrate needs targetAgent, the target node agent's URL")

@@ -175,18 +175,21 @@ async def snapshot(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
         base = ["-b", str(attached.path), "-F", attached.format]
         await qemu_img("create", "-q", "-f", "qcow2", "-u", *base, str(overlay), size)
         grant(overlay, vm.ctx.run_as)
-        assert vm.qmp is not None
-        await vm.qmp.execute(
-            "blockdev-snapshot-sync",
-            {
-                "node-name": attached.node_name,
-                "snapshot-file": str(overlay),
-                "snapshot-node-name": node,
-                "format": "qcow2",
-                "mode": "existing",
-            },
-            limit=vm.settings.qmp.block,
-        )
+        if vm.ctx.driver.manages_devices:  # libvirt: snapshotCreateXML (disk-only, external)
+            await vm.ctx.driver.snapshot_disk(vm.spec, attached, overlay)
+        else:
+            assert vm.qmp is not None
+            await vm.qmp.execute(
+                "blockdev-snapshot-sync",
+                {
+                    "node-name": attached.node_name,
+                    "snapshot-file": str(overlay),
+                    "snapshot-node-name": node,
+                    "format": "qcow2",
+                    "mode": "existing",
+                },
+                limit=vm.settings.qmp.block,
+            )
         vm.snapshots[name] = {"file": str(overlay), "node": node}
         vm.save_state()
     return {"name": name, "snapshotFile": str(overlay)}
@@ -201,7 +204,14 @@ async def commit(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
         raise VmStateError(f"disk {attached.disk.name!r} of VM {vm.key} has no active snapshot")
     job = f"commit-{attached.node_name}"
     async with vm.lock:
-        seconds = await _run_job(vm, job, "block-commit", {"device": snap["node"], "job-id": job})
+        driver = vm.ctx.driver
+        if driver.manages_devices:  # libvirt: blockCommit (active) + pivot
+            seconds = await _run_driver_job(
+                vm, job, lambda: driver.start_commit(vm.spec, attached), attached
+            )
+        else:
+            args = {"device": snap["node"], "job-id": job}
+            seconds = await _run_job(vm, job, "block-commit", args)
         os.unlink(snap["file"])
         del vm.snapshots[attached.disk.name]
         vm.save_state()
@@ -227,10 +237,16 @@ async def mirror(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
     )
     job = f"mirror-{attached.node_name}"
     async with vm.lock:
-        await _add_nodes(vm, moved)
-        args = {"job-id": job, "device": attached.node_name, "target": moved.node_name}
-        seconds = await _run_job(vm, job, "blockdev-mirror", {**args, "sync": "full"})
-        await _del_nodes(vm, attached)
+        driver = vm.ctx.driver
+        if driver.manages_devices:  # libvirt: blockCopy + pivot, its XML follows
+            seconds = await _run_driver_job(
+                vm, job, lambda: driver.start_copy(vm.spec, attached, path), attached
+            )
+        else:
+            await _add_nodes(vm, moved)
+            args = {"job-id": job, "device": attached.node_name, "target": moved.node_name}
+            seconds = await _run_job(vm, job, "blockdev-mirror", {**args, "sync": "full"})
+            await _del_nodes(vm, attached)
         vm.disks[attached.disk.name] = moved
         vm.save_state()
     return {"name": attached.disk.name, "target": str(path), "seconds": seconds}
@@ -258,6 +274,23 @@ async def _run_job(vm: VirtualMachine, job: str, command: str, args: dict[str, A
         ) from exc
     if event.name == "BLOCK_JOB_ERROR" or event.data.get("error"):
         raise DiskError(f"block job {job} of VM {vm.key} failed: {event.data.get('error')}")
+    return round(time.monotonic() - started, 3)
+
+
+async def _run_driver_job(
+    vm: VirtualMachine, job: str, start: Callable[[], Awaitable[None]], attached: AttachedDisk
+) -> float:
+    """A block job the driver runs (libvirt names it): wait until ready, then pivot.
+
+    vm.lock is held, so the next BLOCK_JOB_READY on this VM is this job's.
+    """
+    limit = vm.settings.block_job_timeout
+    started = time.monotonic()
+    try:
+        await vm.wait_event(lambda e: e.name == "BLOCK_JOB_READY", limit, start)
+    except TimeoutError as exc:
+        raise DiskError(f"block job {job} of VM {vm.key} was not ready within {limit:g} s") from exc
+    await vm.ctx.driver.pivot(vm.spec, attached)
     return round(time.monotonic() - started, 3)
 
 

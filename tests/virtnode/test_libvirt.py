@@ -25,17 +25,18 @@ from virtnode import (
     AccelInfo,
     AgentSettings,
     DriverUnavailableError,
+    MigrationError,
     NodeAgent,
     Phase,
-    QmpCommandError,
     VirtualMachine,
 )
 from virtnode.blockdev import AttachedDisk
 from virtnode.libvirt_driver import LibvirtDriver, domain_name, domain_xml, free_virtio_dev
+from virtnode.migration import migrate
 from virtnode.rundir import RunDir
 from virtnode.spec import parse_vmi
 from virtnode.tinyguest import POWER_BUTTON_LINE, TinyGuest
-from virtnode.volumeops import add_volume, remove_volume, resize, snapshot
+from virtnode.volumeops import add_volume, commit, mirror, remove_volume, resize, snapshot
 
 MiB = 2**20
 # How long the hand-started daemons may take to answer.
@@ -171,9 +172,19 @@ async def test_guest_lifecycle_under_libvirt(
     blocks = await vm.execute("query-block")
     sizes = {b["qdev"]: b["inserted"]["image"]["virtual-size"] for b in blocks if "inserted" in b}
     assert [v for k, v in sizes.items() if "ua-root" in k] == [16 * MiB]
-    # Snapshots stay QMP passthrough; libvirt names its block nodes, so ours miss.
-    with pytest.raises(QmpCommandError):
-        await snapshot(vm, {"name": "root"})
+    # Snapshot, commit and mirror are libvirt block jobs; its live XML follows each step.
+    snap = Path((await snapshot(vm, {"name": "root"}))["snapshotFile"])
+    assert await _live_sources(libvirt_agent, vm) == [str(snap)]
+    await commit(vm, {"name": "root"})
+    assert not snap.exists()
+    root = libvirt_agent.settings.volumes / "default" / "pvc-lv" / "disk.img"
+    assert await _live_sources(libvirt_agent, vm) == [str(root)]
+    copy = make_volume(libvirt_agent.settings, "pvc-lvcopy", 16 * MiB)
+    await mirror(vm, {"name": "root", "target": {"claimName": "pvc-lvcopy"}})
+    assert await _live_sources(libvirt_agent, vm) == [str(copy)]
+    assert copy.read_bytes()[:64].startswith(b"DISKPLANE-MARKER count=1")
+    with pytest.raises(MigrationError, match="libvirt driver"):
+        await migrate(vm, {"targetAgent": "http://127.0.0.1:9"})
 
     # A restarted agent re-adopts the libvirt domain (QMP passthrough and console again).
     await libvirt_agent.close()
@@ -203,6 +214,18 @@ async def _live_aliases(agent: NodeAgent, vm: VirtualMachine) -> set[str]:
         return {a.get("name", "") for a in ET.fromstring(xml).iterfind("devices/disk/alias")}
 
     return await asyncio.to_thread(aliases)
+
+
+async def _live_sources(agent: NodeAgent, vm: VirtualMachine) -> list[str]:
+    """The top source file of each disk in libvirt's live domain XML."""
+    driver = agent.ctx.driver
+    assert isinstance(driver, LibvirtDriver)
+
+    def sources() -> list[str]:
+        xml = driver.conn.lookupByName(domain_name(vm.spec)).XMLDesc(0)
+        return [d.get("file", "") for d in ET.fromstring(xml).iterfind("devices/disk/source")]
+
+    return await asyncio.to_thread(sources)
 
 
 async def test_unreachable_libvirt_is_named(data_dir: Path, accel_info: AccelInfo) -> None:
