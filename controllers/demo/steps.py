@@ -134,6 +134,7 @@ class Demo:
     facts: Facts = field(default_factory=Facts)
     served: Served | None = None
     registry: asyncio.subprocess.Process | None = None
+    printable_shown: list[str] = field(default_factory=list)
 
     async def build_disk(self) -> Path:
         from virtnode.tinyguest import build_tiny_guest
@@ -202,7 +203,7 @@ class Demo:
         self.out.step(f"guest console reached {ready_line!r}", self.facts.boot_seconds)
 
     async def _until_printable(self, store: EmbeddedStore, wanted: str, limit: float) -> None:
-        shown: list[str] = []
+        shown = self.printable_shown  # the VM's states so far, so none is printed twice
 
         def seen(obj: Object) -> None:
             value = status_of(obj).get("printableStatus")
