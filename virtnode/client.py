@@ -128,10 +128,11 @@ class AgentClient:
 
     async def metrics(self) -> str:
         assert self._session is not None, "use AgentClient as 'async with'"
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         try:
-            async with self._session.get(f"{self.base_url}/metrics") as resp:
+            async with self._session.get(f"{self.base_url}/metrics", timeout=timeout) as resp:
                 return await resp.text()
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise AgentUnavailableError(f"node agent {self.base_url}: metrics: {exc}") from exc
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -146,5 +147,5 @@ class AgentClient:
                         yield {"type": "subscribed"}
                     elif line.startswith("data: "):
                         yield json.loads(line.removeprefix("data: "))
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AgentUnavailableError(f"node agent {self.base_url}: events: {exc}") from exc
