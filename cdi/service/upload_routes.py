@@ -24,10 +24,6 @@ from cdi.service.uploads import WRITE_CHUNK, UploadRange, parse_content_range
 
 log = logging.getLogger(__name__)
 
-# An upload may exceed the volume's capacity by this share (image metadata).
-UPLOAD_SLACK_DIVISOR = 64
-UPLOAD_SLACK_BYTES = 16 * 1024 * 1024
-
 
 def _target(request: web.Request, service: ImporterService) -> tuple[VolumeRef, ImportJob]:
     volume = VolumeRef.parse(
@@ -100,7 +96,9 @@ async def _receive(
 ) -> None:
     if job.phase is not Phase.UPLOAD_PENDING:
         raise JobConflict(f"the upload for volume {job.spec.target} is already complete")
-    limit = job.spec.size_bytes + job.spec.size_bytes // UPLOAD_SLACK_DIVISOR + UPLOAD_SLACK_BYTES
+    # The staged copy is the volume's scratch space: it counts against the
+    # volume's capacity (like the pipeline's scratch copies), never beyond it.
+    limit = job.spec.size_bytes
     before = placement.start
     try:
         received = await service.staging.receive(job.id, placement, _coalesce(body), limit)

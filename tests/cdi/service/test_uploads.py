@@ -131,3 +131,33 @@ async def test_wrong_checksum_fails_finally_and_leaves_no_volume(
     assert job.reason == "ChecksumError"
     assert service.pool.list() == []
     assert not any((service.settings.state_dir / "uploads").iterdir())
+
+
+async def test_staging_counts_against_capacity_and_goes_with_cancel(
+    service: Service, tmp_path: Path
+) -> None:
+    uploads = service.settings.state_dir / "uploads"
+    raw = write_sparse_raw(tmp_path / "plain.raw", 4 * MiB, seed=12)
+    headers = await _prepare(service, raw)
+    too_big = 32 * MiB + 1  # one byte more than the volume's capacity
+    response = await service.client.put(
+        URL + "/async",
+        data=b"x" * 1024,
+        headers={**headers, "Content-Range": f"bytes 0-1023/{too_big}"},
+    )
+    assert response.status == 413, await response.text()
+    half = raw.stat().st_size // 2
+    response = await service.client.put(
+        URL + "/async",
+        data=io.BytesIO(raw.read_bytes()[:half]),
+        headers={**headers, "Content-Range": f"bytes 0-{half - 1}/{raw.stat().st_size}"},
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["bytesReceived"] == half
+    assert any(uploads.iterdir())
+    job_id = service.state.scheduler.list()[0].id
+    response = await service.client.delete(f"/v1/imports/{job_id}")
+    assert response.status == 200
+    assert (await response.json())["phase"] == "Cancelled"
+    assert not any(uploads.iterdir())
+    assert service.pool.list() == []
