@@ -27,7 +27,7 @@ COMPRESSIONS: tuple[Compression, ...] = ("gzip", "zstd", "none")
 GZIP_LEVEL = 1  # ISA-L levels are 0-3; 1 is its fast default with zlib-like ratios
 ZSTD_LEVEL = 3
 OUTPUT_PIECE = 1024 * 1024
-OUTPUT_BATCH = 4  # pieces handed over per thread hop (so at most 4 MiB in flight)
+OUTPUT_BATCH = 4  # pieces handed over per thread hop (one batch out, the next being made: 8 MiB)
 _INPUT_QUEUE = 4
 _GZIP_ERROR = cast(type[Exception], zlib.error)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -137,8 +137,8 @@ async def decompress(
     feeder = asyncio.create_task(feed(), name="containerdisk-decompress-feed")
     pending: asyncio.Future[list[bytes]] | None = None
     try:
-        while True:
-            pending = asyncio.ensure_future(asyncio.to_thread(_next_batch, gen))
+        pending = asyncio.ensure_future(asyncio.to_thread(_next_batch, gen))
+        while pending is not None:
             while not pending.done():
                 waiters: set[asyncio.Future[Any]] = {pending}
                 if not feeder.done():
@@ -149,19 +149,23 @@ async def decompress(
                     await asyncio.wait({pending})
                     feeder.result()  # the source's own error wins
             batch = pending.result()
+            pending = None
+            if len(batch) == OUTPUT_BATCH:  # more may follow: decompress it while we hand out
+                pending = asyncio.ensure_future(asyncio.to_thread(_next_batch, gen))
             for piece in batch:
                 yield piece
-            if len(batch) < OUTPUT_BATCH:
-                break  # the generator ended
         await feeder
     finally:
         feeder.cancel()
         while not feeder.done():
             _unblock(inbox)
             await asyncio.wait({feeder}, timeout=0.05)
-        if pending is not None and not pending.done():
-            _unblock(inbox)
-            await asyncio.wait({pending})
+        if pending is not None:
+            if not pending.done():
+                _unblock(inbox)
+                await asyncio.wait({pending})
+            if not pending.cancelled():
+                pending.exception()  # the batch we decompressed ahead is not wanted
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()  # the source is ours to end, wherever the feeder stopped
