@@ -195,6 +195,7 @@ class NodeAgent:
             await vm.adopt(state)
         except Exception as exc:  # one broken VM must not stop the agent from starting
             log.warning("could not re-adopt VM %s: %s", spec.key, exc)
+            await vm.fail_adoption(exc)
 
     async def close(self) -> None:
         """Release every VM (QEMU keeps running) and end event streams."""

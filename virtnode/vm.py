@@ -182,7 +182,12 @@ class VirtualMachine:
         await self.console.start(seed_from_log=adopting)
         self._monitor = asyncio.create_task(self._run_monitor(), name=f"vm-monitor:{self.key}")
 
-    async def _abort_start(self, exc: BaseException) -> None:
+    async def _abort_start(
+        self, exc: BaseException, reason: str = "FailedCreate", message: str = ""
+    ) -> None:
+        if self._monitor is not None:  # it would report the exit a second time
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
         if self.identity is not None:
             kill(self.identity)
             with contextlib.suppress(TimeoutError):
@@ -190,8 +195,18 @@ class VirtualMachine:
                     await wait_exit(self.identity, self.settings.exit_poll_interval)
         await self._detach()
         self.run.remove()
-        self._set_phase(Phase.FAILED, "FailedCreate", str(exc))
+        self.identity = None
+        self._set_phase(Phase.FAILED, reason, message or str(exc))
         self._finish()
+
+    async def fail_adoption(self, exc: Exception) -> None:
+        """A surviving QEMU that cannot be re-adopted is stopped and reported ``Failed``:
+        left running, a new VMI of the same name would start a second QEMU on its disks."""
+        await self._abort_start(
+            exc,
+            "AdoptFailed",
+            f"could not re-adopt the running QEMU of VM {self.key} ({exc}); it was stopped",
+        )
 
     def _finish(self) -> None:
         self.finished.set()
