@@ -138,12 +138,19 @@ async def migrate(vm: VirtualMachine, body: dict[str, Any]) -> dict[str, Any]:
     }
     async with (
         vm.lock,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=AGENT_CALL_TIMEOUT)) as http,
+        aiohttp.ClientSession() as http,
     ):
         vm.extra["migrationState"] = {"role": "source", "targetAgent": target, "mode": _mode(block)}
         vm.extra["migrating"] = True
         try:
-            prepared = await _call(http, "POST", f"{target}/v1/migrations/targets", request)
+            # The target may pull a containerDisk image first: bounded like the migration.
+            prepared = await _call(
+                http,
+                "POST",
+                f"{target}/v1/migrations/targets",
+                request,
+                limit=vm.settings.migration_timeout,
+            )
             try:
                 stats = await _hand_over(vm, http, target, prepared, copy, body)
             except BaseException:
@@ -202,9 +209,16 @@ def _target_vm_url(target: str, vm: VirtualMachine) -> str:
     return f"{target}/v1/namespaces/{vm.spec.namespace}/vmis/{vm.spec.name}"
 
 
-async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+async def _call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: Any = None,
+    limit: float = AGENT_CALL_TIMEOUT,
+) -> Any:
+    timeout = aiohttp.ClientTimeout(total=limit)
     try:
-        async with http.request(method, url, json=body) as resp:
+        async with http.request(method, url, json=body, timeout=timeout) as resp:
             data = await resp.json()
             if resp.status >= 300:
                 raise MigrationError(f"target agent refused {method} {url}: {data.get('message')}")
