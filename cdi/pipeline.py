@@ -13,17 +13,14 @@ Routes by what the probe finds:
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdi import safety
+from cdi import probecache, safety
 from cdi.checksum import StreamHasher
 from cdi.convert import qemu_img_convert
 from cdi.decode import DecodeChain, OffsetWriter
@@ -31,7 +28,6 @@ from cdi.errors import (
     FinalImportError,
     ImageTooLarge,
     InvalidImage,
-    VolumeBusy,
     VolumeExists,
     VolumeNotFound,
 )
@@ -40,12 +36,11 @@ from cdi.formats.detect import Format, detect_compression, detect_format
 from cdi.journal import Journal
 from cdi.progress import ProgressCallback, ProgressTracker
 from cdi.request import ImportRequest
-from cdi.reuse import clone_donor, find_donor
+from cdi.reuse import record_image, reuse_image
 from cdi.settings import ImportSettings
 from cdi.sources.base import Source, SourceInfo, read_range, with_retries
 from cdi.sources.factory import open_source
 from cdi.sources.file import FileSource
-from cdi.sources.registry import RegistrySource
 from cdi.transfer import LocalReader, RangedTransfer, RangeHandler, SequentialTransfer, split
 from cdi.volumes import Volume, VolumePool
 from cdi.writer import RawWriter, human
@@ -85,23 +80,10 @@ async def run_import(
         volume = pool.create(request.namespace, request.name, request.size)
     if volume.state() == "Ready":
         raise VolumeExists(f"volume {volume.key} already holds an imported disk")
-    with _volume_lock(volume):
+    with volume.import_lock():
         tracker = ProgressTracker(on_progress, settings.progress_interval)
         job = ImportJob(volume, request, settings, tracker, pool=pool)
         return await job.run()
-
-
-@contextmanager
-def _volume_lock(volume: Volume) -> Iterator[None]:
-    fd = os.open(volume.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VolumeBusy(f"volume {volume.key} is already being imported") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 class ImportJob:
@@ -144,7 +126,7 @@ class ImportJob:
             if not await self._reuse(source):
                 await self._import(source)
             await self._finish()
-            self._record_image(source)
+            record_image(source, self.volume, self.virtual_size)
         except FinalImportError:
             await self._quiesce()
             self._discard()
@@ -174,33 +156,21 @@ class ImportJob:
         if self.pool is None:
             return False
         self.tracker.phase("probe")
-        found = await find_donor(self.pool, self.volume, source, has_checksum=bool(self.hasher))
-        if found is None:
+        cloned = await reuse_image(self.pool, self.volume, source, bool(self.hasher))
+        if cloned is None:
             return False
-        donor, image = found
-        self.tracker.phase("transfer")
-        if not await asyncio.to_thread(clone_donor, donor, image, self.volume):
-            return False
-        self.virtual_size, self.reused_from = image.virtual_size, donor.key
+        self.reused_from, self.virtual_size = cloned.donor, cloned.virtual_size
         self.writer = RawWriter(
             self.volume.partial_path, self.volume.usable_size, fresh=False,
             block_device=False, what=self.what,
         )  # fmt: skip
-        self.tracker.add(written=image.disk_size)
+        self.tracker.add(written=cloned.disk_size)
         return True
-
-    def _record_image(self, source: Source) -> None:
-        if not isinstance(source, RegistrySource) or self.volume.is_block():
-            return
-        if source.manifest_digest is not None:
-            self.volume.record_image(
-                str(source.reference), source.manifest_digest, self.virtual_size
-            )
 
     # Routing ------------------------------------------------------------------
     async def _import(self, source: Source) -> None:
         self.tracker.phase("probe")
-        info = await source.probe()
+        info = await self._probe(source)
         self.source_bytes = info.size or 0
         if self.request.source.kind == "blank":
             self.tracker.phase("transfer")
@@ -216,6 +186,16 @@ class ImportJob:
                     return await self._ranged_qcow2(source, info, hashing=True)
                 return await self._ranged_scratch(source, info, fmt)
         await self._sequential(source, info)
+
+    async def _probe(self, source: Source) -> SourceInfo:
+        """The saved probe when the source confirms it unchanged (see cdi/probecache.py)."""
+        directory = self.volume.directory
+        saved = await asyncio.to_thread(probecache.load, directory, self.what)
+        if saved is not None and isinstance(source, probecache.Revalidating):
+            info = await source.revalidate(saved)
+            if info is not None:
+                return info
+        return await source.probe()
 
     async def _check_header(self, fmt: Format, info: SourceInfo) -> None:
         """qemu-img info on the head (sparse-extended to the real size) before any transfer."""
@@ -273,6 +253,7 @@ class ImportJob:
             self.resumed = True
             return old, True
         self.volume.journal_path.unlink(missing_ok=True)
+        probecache.save(self.volume.directory, self.what, info)
         return Journal(self.volume.journal_path, identity), False
 
     async def _ranged_raw(self, source: Source, info: SourceInfo) -> None:
@@ -502,6 +483,7 @@ class ImportJob:
             finally:
                 os.close(dir_fd)
         vol.journal_path.unlink(missing_ok=True)
+        probecache.remove(vol.directory)
 
     async def _quiesce(self) -> None:
         """Wait for decode threads still running after their task was cancelled."""
@@ -516,6 +498,7 @@ class ImportJob:
         """Final failure: nothing half-written may look complete or linger."""
         self._close_writer()
         Journal(self.volume.journal_path, {}).remove()
+        probecache.remove(self.volume.directory)
         if not self.volume.is_block():
             self.volume.partial_path.unlink(missing_ok=True)
 

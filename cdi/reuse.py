@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from dataclasses import dataclass
 
 from cdi import diskcopy
 from cdi.errors import ImageTooLarge, VolumeError
@@ -25,6 +26,34 @@ from cdi.sources.base import Source
 from cdi.sources.registry import RegistrySource
 from cdi.volumes import ImageRecord, Volume, VolumePool
 from cdi.writer import human
+
+
+@dataclass(frozen=True)
+class Cloned:
+    donor: str  # ns/name
+    virtual_size: int
+    disk_size: int
+
+
+async def reuse_image(
+    pool: VolumePool, volume: Volume, source: Source, has_checksum: bool
+) -> Cloned | None:
+    """Copy a donor's disk into ``volume.partial_path``; None when the image must be pulled."""
+    found = await find_donor(pool, volume, source, has_checksum=has_checksum)
+    if found is None:
+        return None
+    donor, image = found
+    if not await asyncio.to_thread(clone_donor, donor, image, volume):
+        return None
+    return Cloned(donor.key, image.virtual_size, image.disk_size)
+
+
+def record_image(source: Source, volume: Volume, virtual_size: int) -> None:
+    """After a successful registry import: note the image on the volume."""
+    if not isinstance(source, RegistrySource) or volume.is_block():
+        return
+    if source.manifest_digest is not None:
+        volume.record_image(str(source.reference), source.manifest_digest, virtual_size)
 
 
 async def find_donor(

@@ -9,16 +9,19 @@ it); a block volume iff ``volume.json`` says ``"ready": true``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cdi.errors import InvalidRequest, VolumeError, VolumeExists, VolumeNotFound
+from cdi.errors import InvalidRequest, VolumeBusy, VolumeError, VolumeExists, VolumeNotFound
 from cdi.settings import MiB
 
 VolumeMode = Literal["Filesystem", "Block"]
@@ -149,6 +152,19 @@ class Volume:
         if self.journal_path.exists() or (self.directory / PARTIAL).exists():
             return "Importing"
         return "Empty"
+
+    @contextmanager
+    def import_lock(self) -> Iterator[None]:
+        """The exclusive flock a running import holds (VolumeBusy when taken)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise VolumeBusy(f"volume {self.key} is already being imported") from None
+            yield
+        finally:
+            os.close(fd)
 
     def image(self) -> ImageRecord | None:
         """The registry image recorded on this volume, if any."""

@@ -112,6 +112,24 @@ class HttpSource:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _network_error(self.description, exc) from exc
 
+    async def revalidate(self, saved: SourceInfo) -> SourceInfo | None:
+        """One HEAD: ``saved`` (a journalled probe) if size and validator still match."""
+        if saved.validator is None or not saved.supports_ranges:
+            return None
+        size = await with_retries(self._settings, self._head_once)
+        if size is None or size != saved.size or self._validator != saved.validator:
+            return None
+        self.supports_ranges = True
+        return saved
+
+    async def _head_once(self) -> int | None:
+        try:
+            return await self._probe_head()
+        except ImportError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _network_error(self.description, exc) from exc
+
     async def _probe_head(self) -> int | None:
         """HEAD, best effort: resolves redirects and learns the size and validator."""
         try:
