@@ -65,6 +65,8 @@ ENDPOINTS_FILE = "up.json"
 # when one is taken, `up` serves on a free port instead. up.json has the URLs either way.
 DEFAULT_IMPORTER_LISTEN = "127.0.0.1:8444"
 DEFAULT_AGENT_LISTEN = "127.0.0.1:8186"
+# On stop, how long open requests (event streams, uploads) get before they are cut.
+SHUTDOWN_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ async def serving(app: web.Application, listen: str, fallback: bool = False) -> 
 
     With ``fallback`` a port already in use is replaced by a free one.
     """
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
         host, port = _host_port(listen)

@@ -96,13 +96,13 @@ class VirtualMachineInstanceReconciler:
                 "lastTransitionTime": now_rfc3339(),
             }
             if status.get("phase") != "Pending":
+                await self.recorder.record(vmi, EventKind.WARNING, "FailedScheduling", message)
                 await self.store.patch_status(
                     VIRTUALMACHINEINSTANCE,
                     namespace,
                     md["name"],
                     {"phase": "Pending", "conditions": [unschedulable]},
                 )
-                await self.recorder.record(vmi, EventKind.WARNING, "FailedScheduling", message)
             return None
         patch = {"phase": "Scheduling", "nodeName": node.name, "conditions": []}
         vmi["status"] = {**status, **patch}
