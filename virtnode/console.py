@@ -166,8 +166,9 @@ class ConsoleHub:
             await asyncio.gather(self._reader_task, return_exceptions=True)
         if self._writer is not None:
             self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await self._writer.wait_closed()
         self.closed = True
 
 
