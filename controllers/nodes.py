@@ -26,7 +26,7 @@ from typing import Any
 from cdi.service import RequestInvalid, parse_quantity
 from controllers.api.common import now_rfc3339
 from controllers.api.kinds import VIRTUALMACHINEINSTANCE, ResourceKind
-from controllers.errors import AlreadyExists, NotFound
+from controllers.errors import AlreadyExists, ControllersError, NotFound
 from controllers.reconcilers.importer import Key
 from controllers.store.protocol import Object, Store
 from virtnode import AgentClient, AgentUnavailableError
@@ -202,3 +202,25 @@ async def forward_agent_events(url: str, enqueue: Callable[[Key], None]) -> None
                         namespace, name = target.split("/", 1)
                         enqueue((namespace, name))
         await asyncio.sleep(EVENTS_RECONNECT_S)
+
+
+async def agent_url_for(store: Store, namespace: str, name: str) -> str:
+    """The URL of the node agent running VMI ``namespace/name`` (for its console).
+
+    Raises :class:`~controllers.errors.NotFound` when the VMI does not exist and
+    :class:`VmiNotPlaced` when it has no node (yet) or its node is not registered.
+    """
+    vmi = await store.get(VIRTUALMACHINEINSTANCE, namespace, name)
+    node_name = (vmi.get("status") or {}).get("nodeName")
+    if not node_name:
+        raise VmiNotPlaced(f"VMI {namespace}/{name} is not scheduled onto a node yet")
+    node = await NodeDirectory(store).get(node_name)
+    if node is None or not node.url:
+        raise VmiNotPlaced(
+            f"VMI {namespace}/{name} runs on node {node_name}, which is not registered"
+        )
+    return node.url
+
+
+class VmiNotPlaced(ControllersError):
+    """A VMI has no node agent to talk to (not scheduled yet, or its node is gone)."""

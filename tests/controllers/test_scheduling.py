@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from controllers.api import EVENT, VIRTUALMACHINEINSTANCE
-from controllers.nodes import NODE, NodeDirectory, forward_agent_events, register_node
+from controllers.nodes import (
+    NODE,
+    NodeDirectory,
+    VmiNotPlaced,
+    agent_url_for,
+    forward_agent_events,
+    register_node,
+)
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler
 from controllers.store import EmbeddedStore
@@ -98,10 +105,11 @@ async def reasons(store: EmbeddedStore, name: str) -> list[str]:
 async def test_vmi_goes_to_the_agent_with_the_most_free_memory(
     cluster: tuple[EmbeddedStore, dict[str, str]],
 ) -> None:
-    store, _ = cluster
+    store, urls = cluster
     await store.create(VIRTUALMACHINEINSTANCE, vmi("first", "512Mi"))
     failed = await settled(store, "first", "Failed")  # the big agent refused the missing volume
     assert failed["status"]["nodeName"] == "big"
+    assert await agent_url_for(store, "default", "first") == urls["big"]  # console: VMI -> agent
     assert failed["status"]["reason"] == "FailedCreate"
     assert sorted(await reasons(store, "first")) == ["FailedCreate", "Scheduled"]
 
@@ -134,6 +142,8 @@ async def test_vmi_too_big_for_every_node_is_unschedulable(
         "Unschedulable",
     )
     assert "nodeName" not in pending["status"]
+    with pytest.raises(VmiNotPlaced, match="not scheduled"):
+        await agent_url_for(store, "default", "huge")
     assert await reasons(store, "huge") == ["FailedScheduling"]
 
 
