@@ -77,7 +77,7 @@ async def run_import(
         if not volume.is_block():
             volume = pool.create(request.namespace, request.name, request.size)
     except VolumeNotFound:
-        volume = pool.create(request.namespace, request.name, request.size)
+        volume = pool.create(request.namespace, request.name, request.size, made_by_import=True)
     if volume.state() == "Ready":
         raise VolumeExists(f"volume {volume.key} already holds an imported disk")
     with volume.import_lock():

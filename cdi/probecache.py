@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cdi.sources.base import SourceInfo
-
-PROBE_FILE = "import.probe.json"
+from cdi.volumes import PROBE as PROBE_FILE
 
 
 @runtime_checkable

@@ -92,6 +92,9 @@ class SourceSpec:
     endpoint_url: str | None = None
     region: str | None = None
     platform: str | None = None
+    #: Names the source in messages instead of its URL or path (e.g. an upload's
+    #: staging file is "upload for volume ns/name").
+    display_name: str | None = None
 
     @classmethod
     def from_cdi(

@@ -34,6 +34,7 @@ PARTIAL = "disk.img.partial"
 JOURNAL = "import.journal.json"
 WORKDIR = ".import"
 LOCK = ".lock"
+PROBE = "import.probe.json"  # cdi.probecache.PROBE_FILE
 
 
 def validate_name(kind: str, value: str) -> str:
@@ -153,6 +154,10 @@ class Volume:
             return "Importing"
         return "Empty"
 
+    def made_by_import(self) -> bool:
+        """Whether an import created this volume for itself (not a pre-existing one)."""
+        return bool(_read_record(self.directory).get("madeByImport"))
+
     @contextmanager
     def import_lock(self) -> Iterator[None]:
         """The exclusive flock a running import holds (VolumeBusy when taken)."""
@@ -217,8 +222,14 @@ class VolumePool:
         validate_name("volume name", name)
         return self.root / namespace / name
 
-    def create(self, namespace: str, name: str, capacity: int) -> Volume:
-        """Create a filesystem volume, or return the existing one of the same capacity."""
+    def create(
+        self, namespace: str, name: str, capacity: int, *, made_by_import: bool = False
+    ) -> Volume:
+        """Create a filesystem volume, or return the existing one of the same capacity.
+
+        ``made_by_import`` marks a volume an import created for itself, which
+        cancelling that import removes again (see :meth:`discard_partial`).
+        """
         if capacity < MiB:
             raise InvalidRequest(f"volume capacity {capacity} bytes is below the 1 MiB minimum")
         directory = self._dir(namespace, name)
@@ -231,7 +242,10 @@ class VolumePool:
                 )
             return volume
         directory.mkdir(parents=True, exist_ok=True)
-        _write_record(directory, {"capacity": capacity, "mode": "Filesystem", "device": None})
+        record: dict[str, object] = {"capacity": capacity, "mode": "Filesystem", "device": None}
+        if made_by_import:
+            record["madeByImport"] = True
+        _write_record(directory, record)
         return self.get(namespace, name)
 
     def create_block(self, namespace: str, name: str, device: Path) -> Volume:
@@ -282,6 +296,19 @@ class VolumePool:
             if volume.key != exclude and volume.holds_unchanged_image(manifest_digest):
                 return volume
         return None
+
+    def discard_partial(self, namespace: str, name: str) -> None:
+        """Drop an unfinished import's data (partial disk, journal, probe, scratch).
+
+        The volume itself stays, and so does a finished ``disk.img``; a Block
+        volume keeps its device (only the bookkeeping goes).
+        """
+        volume = self.get(namespace, name)
+        if not volume.is_block():
+            volume.partial_path.unlink(missing_ok=True)
+        for leftover in (JOURNAL, JOURNAL + ".tmp", PROBE, PROBE + ".tmp"):
+            (volume.directory / leftover).unlink(missing_ok=True)
+        shutil.rmtree(volume.workdir, ignore_errors=True)
 
     def delete(self, namespace: str, name: str) -> None:
         directory = self._dir(namespace, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 from collections.abc import Iterator
@@ -80,8 +81,10 @@ class PipelineRunner:
         spec = job.spec
         kind = spec.source_kind
         body: JsonObject = dict(spec.source[kind])
+        display = None
         if kind == "upload":
             kind, body = "file", {"path": str(self.staging.path(job.id))}
+            display = f"the upload for volume {spec.target}"
         if spec.checksum:
             body["checksum"] = spec.checksum
         namespace = spec.target.namespace
@@ -91,6 +94,7 @@ class PipelineRunner:
             body.pop(key, None)
         try:
             source = SourceSpec.from_cdi({kind: body}, credentials=credentials, ca_file=ca_file)
+            source = dataclasses.replace(source, display_name=display)
         except PipelineError as exc:
             raise JobFailed(exc.reason, str(exc), final=True) from exc
         return ImportRequest(
@@ -136,16 +140,20 @@ class PipelineRunner:
         return True
 
     def discard(self, job: ImportJob) -> None:
-        """Drop the staged upload and the volume's partial data (the volume itself
-        too, unless it already held a finished disk before this job)."""
+        """Drop the staged upload and the volume's partial data; the volume itself
+        too when the import created it (a pre-existing volume stays, empty)."""
         self.staging.discard(job.id)
         target = job.spec.target
         try:
             volume = self.pool.get(target.namespace, target.name)
         except VolumeNotFound:
             return
-        if volume.state() != "Ready" and not volume.is_block():
+        if volume.state() == "Ready":
+            return
+        if volume.made_by_import() and not volume.is_block():
             self.pool.delete(target.namespace, target.name)
+        else:
+            self.pool.discard_partial(target.namespace, target.name)
 
     # -- pvc clone ------------------------------------------------------------
 
@@ -153,8 +161,12 @@ class PipelineRunner:
         pvc = job.spec.source["pvc"]
         try:
             source = self.pool.get(pvc["namespace"], pvc["name"])
+            made = not self.volume_exists(job)
             target = self.pool.create(
-                job.spec.target.namespace, job.spec.target.name, job.spec.size_bytes
+                job.spec.target.namespace,
+                job.spec.target.name,
+                job.spec.size_bytes,
+                made_by_import=made,
             )
         except PipelineError as exc:
             raise JobFailed(exc.reason, str(exc), final=True) from exc

@@ -13,12 +13,19 @@ from cdi.sources.file import FileSource
 
 
 def open_source(spec: SourceSpec, settings: ImportSettings) -> Source:
+    source = _open(spec, settings)
+    if spec.display_name:
+        source.description = spec.display_name
+    return source
+
+
+def _open(spec: SourceSpec, settings: ImportSettings) -> Source:
     creds = spec.credentials or Credentials()
     if spec.kind == "blank":
         return BlankSource()
     if spec.kind == "file":
         assert spec.path is not None
-        return FileSource(Path(spec.path))
+        return FileSource(Path(spec.path), spec.display_name)
     assert spec.url is not None
     if spec.kind == "http":
         from cdi.sources.http import HttpSource

@@ -18,20 +18,20 @@ PIECE = 4 * MiB
 class FileSource:
     """A local regular file (or block device) read with pread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, description: str | None = None) -> None:
         self.path = path
-        self.description = str(path)
+        self.description = description or str(path)
         self._validator: str | None = None
 
     def _stat_validator(self) -> tuple[int, str]:
         try:
             st = self.path.stat()
         except FileNotFoundError as exc:
-            raise SourceNotFound(f"{self.path} does not exist") from exc
+            raise SourceNotFound(f"{self.description} does not exist") from exc
         except OSError as exc:
-            raise InvalidRequest(f"{self.path} cannot be read: {exc.strerror}") from exc
+            raise InvalidRequest(f"{self.description} cannot be read: {exc.strerror}") from exc
         if self.path.is_dir():
-            raise InvalidRequest(f"{self.path} is a directory, not a disk image")
+            raise InvalidRequest(f"{self.description} is a directory, not a disk image")
         with self.path.open("rb") as handle:
             size = handle.seek(0, os.SEEK_END)
         return size, f"file:{st.st_mtime_ns}:{size}"
@@ -47,13 +47,13 @@ class FileSource:
             with self.path.open("rb") as handle:
                 return os.pread(handle.fileno(), length, offset)
         except FileNotFoundError as exc:
-            raise SourceNotFound(f"{self.path} disappeared during the import") from exc
+            raise SourceNotFound(f"{self.description} disappeared during the import") from exc
 
     async def stream(self, start: int, end: int | None) -> AsyncGenerator[bytes, None]:
         if self._validator is not None:
             _size, now = await asyncio.to_thread(self._stat_validator)
             if now != self._validator:
-                raise SourceChanged(f"{self.path} changed during the import")
+                raise SourceChanged(f"{self.description} changed during the import")
         pos = start
         while end is None or pos < end:
             want = PIECE if end is None else min(PIECE, end - pos)

@@ -67,3 +67,19 @@ async def test_second_import_into_a_busy_volume_is_refused(
         await run_import(pool, request, settings=settings)
     result = await asyncio.wait_for(first, 30)
     assert same_disk(base, result.volume)
+
+
+def test_discard_partial_keeps_the_volume(pool: VolumePool) -> None:
+    volume = pool.create("ns", "keep", 8 * MiB)
+    assert not volume.made_by_import()
+    volume.partial_path.write_bytes(b"half")
+    volume.journal_path.write_text("{}")
+    (volume.directory / "import.probe.json").write_text("{}")
+    volume.workdir.mkdir()
+    (volume.workdir / "scratch.img").write_bytes(b"x")
+    pool.discard_partial("ns", "keep")
+    kept = pool.get("ns", "keep")
+    assert kept.capacity == 8 * MiB
+    assert kept.state() == "Empty"
+    assert [p.name for p in kept.directory.iterdir()] == ["volume.json"]
+    assert pool.create("ns", "made", 8 * MiB, made_by_import=True).made_by_import()

@@ -76,6 +76,23 @@ async def test_cancel_mid_transfer_removes_partial_data_and_frees_capacity(
     assert (await service.wait(again["id"]))["phase"] == "Succeeded"
 
 
+async def test_cancel_into_a_pre_existing_volume_keeps_the_volume(
+    service: Service, http_server: Any
+) -> None:
+    write_sparse_raw(http_server.root / "slow.raw", 16 * MiB)
+    http_server.set_faults("slow.raw", Faults(stall_seconds=1.0))
+    volume = service.pool.create("default", "disk1", 32 * MiB)  # made before the import
+    job = await service.create(_http(http_server.url("slow.raw")))
+    await service.wait_for(job["id"], lambda s: s["bytesWritten"] > 0)
+    assert volume.partial_path.exists()
+    response = await service.client.delete(f"/v1/imports/{job['id']}")
+    assert (await response.json())["phase"] == "Cancelled"
+    kept = service.pool.get("default", "disk1")
+    assert kept.capacity == 32 * MiB
+    assert kept.state() == "Empty"
+    assert sorted(p.name for p in kept.directory.iterdir()) == [".lock", "volume.json"]
+
+
 async def test_s3_import(service: Service, s3_server: Any, tmp_path: Path) -> None:
     image = write_sparse_raw(tmp_path / "s3.raw", 8 * MiB, seed=5)
     s3_server.create_bucket("images")

@@ -129,6 +129,10 @@ async def test_wrong_checksum_fails_finally_and_leaves_no_volume(
     job = service.state.scheduler.list()[0]
     assert job.phase.value == "Failed"
     assert job.reason == "ChecksumError"
+    assert job.message is not None
+    assert "the upload for volume default/up" in job.message  # not the staging path
+    assert ".part" not in job.message
+    assert ".part" not in body["error"]
     assert service.pool.list() == []
     assert not any((service.settings.state_dir / "uploads").iterdir())
 
