@@ -254,6 +254,8 @@ def printable_status(vm: Object, vmi: Object | None, dvs: dict[str, Object | Non
         return PS.PAUSED if _condition(vmi, "Paused") == ConditionStatus.TRUE else PS.RUNNING
     if phase in _FINISHED:
         return PS.STOPPED
+    if _condition(vmi, "PodScheduled") == ConditionStatus.FALSE:
+        return PS.ERROR_UNSCHEDULABLE  # no node agent has room (controllers.nodes)
     return PS.STARTING
 
 

@@ -25,6 +25,7 @@ from controllers.nodes import (
     register_node,
 )
 from controllers.reconcile import Controller, EventRecorder
+from controllers.reconcilers import printable_status
 from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler
 from controllers.store import EmbeddedStore
 from controllers.up import serving
@@ -163,3 +164,17 @@ async def test_pending_placements_count_against_a_node(tmp_path: Path) -> None:
         assert placed["metadata"]["uid"] != new["metadata"]["uid"]
     finally:
         await store.close()
+
+
+def test_an_unschedulable_vmi_makes_its_vm_error_unschedulable() -> None:
+    vm = {"metadata": {"name": "vm"}, "spec": {"runStrategy": "Always"}}
+    unschedulable = {
+        "metadata": {"name": "vm"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+        },
+    }
+    assert printable_status(vm, unschedulable, {}) == "ErrorUnschedulable"
+    scheduling = {"metadata": {"name": "vm"}, "status": {"phase": "Scheduling", "conditions": []}}
+    assert printable_status(vm, scheduling, {}) == "Starting"
