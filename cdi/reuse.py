@@ -62,6 +62,8 @@ async def find_donor(
     """The volume to clone instead of pulling ``source``, or None."""
     if not isinstance(source, RegistrySource) or volume.is_block() or has_checksum:
         return None
+    if not await asyncio.to_thread(pool.has_images, volume.key):
+        return None  # nothing to reuse: skip the extra manifest request
     digest = await source.resolve()
     donor = await asyncio.to_thread(pool.find_image, digest, exclude=volume.key)
     image = donor.image() if donor is not None else None

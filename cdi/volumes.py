@@ -290,6 +290,10 @@ class VolumePool:
             found.append(self.get(record.parent.parent.name, record.parent.name))
         return found
 
+    def has_images(self, exclude: str = "") -> bool:
+        """Whether any volume (other than ``exclude``) records a registry image."""
+        return any(v.key != exclude and v.image() is not None for v in self.list())
+
     def find_image(self, manifest_digest: str, *, exclude: str = "") -> Volume | None:
         """A volume (other than ``exclude``, an ``ns/name`` key) holding that image unchanged."""
         for volume in self.list():
