@@ -67,6 +67,13 @@ def _write_and_flush(fd: int, piece: bytes, offset: int, flushed: int) -> int:
     return flushed
 
 
+def _write_batch(fd: int, batch: list[tuple[bytes, int] | None], flushed: int) -> int:
+    for item in batch:
+        if item is not None:
+            flushed = _write_and_flush(fd, item[0], item[1], flushed)
+    return flushed
+
+
 def _finish_file(fd: int, size: int) -> None:
     os.ftruncate(fd, size)
     os.fsync(fd)
@@ -88,10 +95,18 @@ async def _stream_to_fd(
 
     async def writer() -> None:
         flushed = 0
-        while (item := await queue.get()) is not None:
-            flushed = await asyncio.to_thread(_write_and_flush, fd, item[0], item[1], flushed)
+        while True:
+            batch = [await queue.get()]
+            while batch[-1] is not None and not queue.empty():
+                batch.append(queue.get_nowait())  # whatever queued up: one thread hop
+            flushed = await asyncio.to_thread(_write_batch, fd, batch, flushed)
+            if batch[-1] is None:
+                return
 
     async def put(item: tuple[bytes, int] | None) -> None:
+        if not queue.full() and not task.done():
+            queue.put_nowait(item)  # the usual case: no task, no wait
+            return
         waiter = asyncio.ensure_future(queue.put(item))
         await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
         if not waiter.done():  # the writer died: its error wins
