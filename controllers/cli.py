@@ -25,7 +25,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "cdi.cli": ("import",),
     "cdi.service.cli": ("importer", "upload"),
     "containerdisk.cli": ("push", "pull", "inspect", "push-index", "build"),
-    "virtnode.cli": ("node", "console"),
+    "virtnode.cli": ("node",),
     "controllers.demo": ("demo",),
     "controllers.commands": (
         "up",
@@ -39,6 +39,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
         "restart",
         "pause",
         "unpause",
+        "console",
         "image-upload",
     ),
 }

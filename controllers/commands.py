@@ -296,6 +296,33 @@ async def unpause(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _console_agent(args: argparse.Namespace) -> str:
+    from controllers import nodes, up
+
+    async with open_store(args) as store:
+        try:
+            return await nodes.agent_url_for(store, args.namespace, args.name)
+        except nodes.VmiNotPlaced:
+            endpoints = up.read_endpoints(args.data_dir)
+            if endpoints is None:
+                raise
+            return endpoints.agent
+
+
+def console(args: argparse.Namespace) -> int:
+    """``diskplane console VM``: find the node agent that runs the VMI, then attach."""
+    from virtnode.cli import attach_console
+
+    agent = args.agent
+    if agent is None:
+        try:
+            agent = asyncio.run(_console_agent(args))
+        except (ControllersError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return attach_console(agent, args.namespace, args.name)
+
+
 # -- parser --------------------------------------------------------------
 
 
@@ -356,6 +383,12 @@ def register(subparsers: Any) -> None:
         p.add_argument("name", help="VirtualMachine name")
         _common(p)
         p.set_defaults(handler=_run(fn))
+
+    p = subparsers.add_parser("console", help="attach to a VirtualMachine's serial console")
+    p.add_argument("name", help="VirtualMachine (or VMI) name")
+    p.add_argument("--agent", help="talk to this node agent instead of the VMI's own node")
+    _common(p)
+    p.set_defaults(handler=console)
 
     from controllers import image_upload
 

@@ -1,4 +1,8 @@
-"""``diskplane node serve`` (the node agent) and ``diskplane console VM``."""
+"""``diskplane node serve`` (the node agent) and ``diskplane node console VM --agent URL``.
+
+The user-facing ``diskplane console VM`` lives in the controllers, which know
+which agent runs the VM; both end in :func:`attach_console`.
+"""
 
 from __future__ import annotations
 
@@ -44,15 +48,20 @@ def register(subparsers: Any) -> None:
     )
     serve.set_defaults(handler=_serve)
 
-    console = subparsers.add_parser("console", help="attach to a VM's serial console")
+    console = node_sub.add_parser("console", help="attach to a VM's serial console on one agent")
     console.add_argument("vm", help="VMI name")
     console.add_argument("-n", "--namespace", default="default")
     console.add_argument(
         "--agent",
-        default=os.environ.get(AGENT_URL_ENV, f"http://{DEFAULT_LISTEN}"),
+        default=default_agent_url(),
         help="node agent URL (default: $DISKPLANE_AGENT_URL or %(default)s)",
     )
     console.set_defaults(handler=_console)
+
+
+def default_agent_url() -> str:
+    """The agent to talk to when nothing else says: $DISKPLANE_AGENT_URL or the local one."""
+    return os.environ.get(AGENT_URL_ENV, f"http://{DEFAULT_LISTEN}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -90,11 +99,16 @@ async def _serve_async(settings: AgentSettings, listen: str) -> None:
 
 
 def _console(args: argparse.Namespace) -> int:
-    url = f"{args.agent.rstrip('/')}/v1/namespaces/{args.namespace}/vmis/{args.vm}/console"
+    return attach_console(args.agent, args.namespace, args.vm)
+
+
+def attach_console(agent_url: str, namespace: str, name: str) -> int:
+    """Bridge this terminal to VMI ``namespace/name``'s serial console until Ctrl-] or EOF."""
+    url = f"{agent_url.rstrip('/')}/v1/namespaces/{namespace}/vmis/{name}/console"
     try:
         return asyncio.run(_console_async(url))
     except aiohttp.ClientError as exc:
-        print(f"console of {args.namespace}/{args.vm}: {exc}", file=sys.stderr)
+        print(f"console of {namespace}/{name}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -54,3 +54,15 @@ def test_help_lists_every_command() -> None:
     for commands in cli.COMMAND_MODULES.values():
         for command in commands:
             assert command in out.stdout
+
+
+def test_console_names_a_missing_vmi(tmp_path: object) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "controllers.cli", "--data-dir", str(tmp_path), "console", "ghost"],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 1
+    assert "ghost" in out.stderr
