@@ -21,7 +21,7 @@ from containerdisk.errors import (
 )
 from containerdisk.oci import MAX_MANIFEST_BYTES, Descriptor, StreamDigest, sha256_digest
 from containerdisk.reference import Reference
-from containerdisk.registry.transport import Transport, translate_errors
+from containerdisk.registry.transport import Transport, read_capped, translate_errors
 
 READ_PIECE = 1024 * 1024
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ async def get_manifest(
         headers=headers,
     )
     async with translate_errors(what), resp:
-        body = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+        body = await read_capped(resp, MAX_MANIFEST_BYTES)
         content_type = resp.headers.get("Content-Type", "")
         announced = resp.headers.get("Docker-Content-Digest")
     if len(body) > MAX_MANIFEST_BYTES:

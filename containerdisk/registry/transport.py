@@ -120,9 +120,24 @@ async def raise_for_status(resp: aiohttp.ClientResponse, what: str, user: str | 
     raise RegistryError(f"{what}: HTTP {resp.status}{detail}")
 
 
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to its end, or its first ``limit`` + 1 bytes when it is longer.
+
+    ``StreamReader.read(n)`` returns whatever has arrived (a body split over TCP
+    reads comes back short), so this reads until the end or past the limit.
+    """
+    body = bytearray()
+    while len(body) <= limit:
+        piece = await resp.content.read(limit + 1 - len(body))
+        if not piece:
+            break
+        body += piece
+    return bytes(body)
+
+
 async def _error_detail(resp: aiohttp.ClientResponse) -> str:
     with contextlib.suppress(Exception):
-        raw = await resp.content.read(_ERROR_BODY_LIMIT)
+        raw = await read_capped(resp, _ERROR_BODY_LIMIT)
         errors = json.loads(raw).get("errors") or []
         if errors:
             code = str(errors[0].get("code", ""))[:60]
@@ -273,7 +288,7 @@ class Transport:
         async with translate_errors(what), request as resp:
             await raise_for_status(resp, what, creds.username)
             try:
-                obj = json.loads(await resp.content.read(64 * 1024))
+                obj = json.loads(await read_capped(resp, 64 * 1024))
                 token = str(obj.get("token") or obj["access_token"])
             except (ValueError, KeyError, AttributeError) as exc:
                 raise AuthenticationFailed(f"{what} answered without a token") from exc

@@ -312,3 +312,28 @@ def test_public_surface_is_pinned() -> None:
             "volume_disk",
         ]
     )
+
+
+class _TrickleContent:
+    """A response body that arrives a few bytes per read, as a body split over TCP reads does."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def read(self, n: int = -1) -> bytes:
+        piece, self._body = self._body[: min(n, 5)], self._body[min(n, 5) :]
+        return piece
+
+
+class _TrickleResponse:
+    def __init__(self, body: bytes) -> None:
+        self.content = _TrickleContent(body)
+
+
+async def test_read_capped_reads_a_split_body_to_its_end() -> None:
+    from containerdisk.registry.transport import read_capped
+
+    body = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+    assert await read_capped(_TrickleResponse(body), 1024) == body  # type: ignore[arg-type]
+    over = await read_capped(_TrickleResponse(body), 10)  # type: ignore[arg-type]
+    assert over == body[:11]  # one byte past the limit tells the caller it is too big
