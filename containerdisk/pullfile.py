@@ -142,9 +142,9 @@ async def _segments_to_fd(
     async def one(seg: _Segment) -> None:
         nonlocal done
         async with limit, contextlib.aclosing(disk._segment_chunks(seg)) as pieces:
-            position = seg.offset
+            position = flushed = seg.offset
             async for piece in pieces:
-                await asyncio.to_thread(_write_piece, fd, piece, position)
+                flushed = await asyncio.to_thread(_write_and_flush, fd, piece, position, flushed)
                 position += len(piece)
                 done += len(piece)
                 if progress:
