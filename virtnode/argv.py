@@ -1,9 +1,9 @@
 """VMI spec + prepared disks -> QEMU argv (pure: no I/O, fully unit-tested).
 
 Every element comes from a validated value: numbers from :mod:`virtnode.spec`,
-block nodes and devices as JSON (``-blockdev {...}``), and the few values that
-must go through QEMU's ``key=value,...`` syntax (socket paths) have their commas
-doubled and control characters rejected.
+block nodes, NICs and devices as JSON (``-blockdev {...}``, ``-netdev {...}``),
+and the few values that must go through QEMU's ``key=value,...`` syntax (socket
+paths) have their commas doubled and control characters rejected.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from virtnode.blockdev import SCSI_CONTROLLER_ID, AttachedDisk, device, file_node, format_node
 from virtnode.errors import SpecError
+from virtnode.network import netdev, nic_device
 from virtnode.spec import VmiSpec
 
 DEFAULT_EMULATOR = "qemu-system-x86_64"
@@ -68,6 +69,9 @@ def build_argv(
         argv += ["-blockdev", _json(file_node(attached))]
         argv += ["-blockdev", _json(format_node(attached))]
         argv += ["-device", _json(device(attached))]
+    # NICs after the disks so the disks keep their PCI slots.
+    for iface in spec.interfaces:
+        argv += ["-netdev", _json(netdev(iface)), "-device", _json(nic_device(iface))]
     if spec.kernel_boot is not None:
         kb = spec.kernel_boot
         argv += ["-kernel", str(kb.kernel)]

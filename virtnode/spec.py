@@ -9,7 +9,8 @@ Supported volume sources: ``persistentVolumeClaim``, ``dataVolume``,
 ``emptyDisk``, ``cloudInitNoCloud`` and ``containerDisk``. diskplane
 extension: ``spec.domain.firmware.kernelBoot.host`` (``kernelPath``,
 ``initrdPath``) boots a kernel file from the host, the way KubeVirt's
-``kernelBoot.container`` boots one from an image.
+``kernelBoot.container`` boots one from an image. NICs (``interfaces`` /
+``networks``) are parsed by :mod:`virtnode.network`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from virtnode.errors import SpecError
+from virtnode.network import Interface, parse_interfaces
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -130,6 +132,7 @@ class VmiSpec:
     volumes: tuple[Volume, ...]
     kernel_boot: KernelBoot | None = None
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S
+    interfaces: tuple[Interface, ...] = ()
 
     @property
     def key(self) -> str:
@@ -162,6 +165,7 @@ def parse_vmi(obj: Mapping[str, Any]) -> VmiSpec:
     # KubeVirt auto-attaches a virtio disk for a volume that names no disk.
     disks += [Disk(name=v.name) for v in volumes if v.name not in disk_names]
     grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S)
+    uid = meta.get("uid") or f"{namespace}/{name}"
     return VmiSpec(
         namespace=namespace,
         name=name,
@@ -171,6 +175,7 @@ def parse_vmi(obj: Mapping[str, Any]) -> VmiSpec:
         volumes=volumes,
         kernel_boot=_kernel_boot(domain),
         grace_period_s=_int(grace, "spec.terminationGracePeriodSeconds", 0, 3600),
+        interfaces=parse_interfaces(spec, devices, str(uid)),
     )
 
 

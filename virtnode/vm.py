@@ -27,6 +27,7 @@ from virtnode.console import ConsoleHub
 from virtnode.disks import ContainerDiskSource, DiskPreparer, stage_kernel
 from virtnode.driver import Monitor, VmDriver
 from virtnode.errors import QmpError, VmStateError
+from virtnode.network import assign_host_ports, interface_status
 from virtnode.ownership import grant
 from virtnode.process import ProcessIdentity, RunAs, is_alive, kill, wait_exit
 from virtnode.qmp import QmpEvent
@@ -162,6 +163,10 @@ class VirtualMachine:
         attached = await preparer.prepare_all(self.spec)
         self.disks = {a.disk.name: a for a in attached}
         spec = await asyncio.to_thread(stage_kernel, self.spec, run, ctx.run_as)
+        if ctx.driver.name == "qemu":  # the libvirt driver's domain XML has no NICs yet
+            ifaces = await asyncio.to_thread(assign_host_ports, spec.interfaces)
+            spec = dataclasses.replace(spec, interfaces=ifaces)
+            self.extra["interfaces"] = interface_status(ifaces)
         self.identity = await ctx.driver.start(
             spec, attached, run, self.accel, incoming=self._incoming, run_as=ctx.run_as
         )
@@ -252,6 +257,8 @@ class VirtualMachine:
         self.hotplugged = dict(state.get("hotplugged", {}))
         self.snapshots = dict(state.get("snapshots", {}))
         self.disks = restore_disks(self.spec, state)
+        if state.get("interfaces"):
+            self.extra["interfaces"] = list(state["interfaces"])
         if not is_alive(self.identity):
             self.identity = None
             self.run.remove()

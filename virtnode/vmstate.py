@@ -61,4 +61,5 @@ def state_of(vm: VirtualMachine) -> dict[str, Any]:
         "hotplugged": vm.hotplugged,
         "snapshots": vm.snapshots,
         "startedAt": vm.started_at,
+        "interfaces": vm.extra.get("interfaces", []),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,9 @@ def test_disks_become_blockdev_json() -> None:
         "hp3",
     ]
     assert all(len(a.node_name) <= 31 and len(a.file_node_name) <= 31 for a in attached)
+    # The default NIC comes after the disks so the disks keep their PCI slots.
+    assert argv.index("-netdev") > max(i for i, a in enumerate(argv) if a == "-blockdev")
+    assert devices[-1]["id"] == "net-default"
 
 
 def test_volume_without_disk_is_auto_attached() -> None:
@@ -237,3 +241,73 @@ def test_invalid_disks_are_refused(disk: dict[str, Any], message: str) -> None:
     obj = with_disks([disk], [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}])
     with pytest.raises(SpecError, match=message):
         parse_vmi(obj)
+
+
+def nic_vmi(devices: dict[str, Any], networks: list[dict[str, Any]] | None) -> dict[str, Any]:
+    obj = vmi()
+    obj["metadata"]["uid"] = "uid-1"
+    obj["spec"]["domain"]["devices"].update(devices)
+    if networks is not None:
+        obj["spec"]["networks"] = networks
+    return obj
+
+
+POD = [{"name": "net1", "pod": {}}]
+
+
+@pytest.mark.parametrize(
+    ("devices", "networks", "expected"),
+    [
+        # KubeVirt's default: one masquerade interface "default" on the pod network.
+        ({}, None, [("default", "virtio-net-pci", "02:98:d5:a7:2b:34")]),
+        ({"autoattachPodInterface": False}, None, []),
+        (
+            {"interfaces": [{"name": "net1", "slirp": {}, "macAddress": "02:00:00:00:00:01"}]},
+            POD,
+            [("net1", "virtio-net-pci", "02:00:00:00:00:01")],
+        ),
+        (
+            {"interfaces": [{"name": "net1", "bridge": {}, "model": "e1000e"}]},
+            POD,
+            [("net1", "e1000e", "02:43:c2:47:3f:ac")],
+        ),
+    ],
+    ids=["default", "autoattach-off", "slirp-mac", "bridge-e1000e"],
+)
+def test_nic_argv(
+    devices: dict[str, Any],
+    networks: list[dict[str, Any]] | None,
+    expected: list[tuple[str, str, str]],
+) -> None:
+    argv = build_argv(parse_vmi(nic_vmi(devices, networks)), [], PATHS, LaunchOptions())
+    netdevs = [json.loads(v) for v in options_after(argv, "-netdev")]
+    devices = [json.loads(v) for v in options_after(argv, "-device") if v.startswith("{")]
+    nics = [d for d in devices if "netdev" in d]
+    assert netdevs == [{"type": "user", "id": f"netdev-{name}"} for name, _, _ in expected]
+    assert nics == [
+        {
+            "driver": driver,
+            "id": f"net-{name}",
+            "netdev": f"netdev-{name}",
+            "mac": mac,
+            "romfile": "",
+        }
+        for name, driver, mac in expected
+    ]
+
+
+def test_nic_ports_become_hostfwd_on_localhost() -> None:
+    iface = {"name": "net1", "ports": [{"port": 22}, {"port": 53, "protocol": "UDP"}]}
+    spec = parse_vmi(nic_vmi({"interfaces": [iface]}, POD))
+    ports = tuple(
+        dataclasses.replace(p, host_port=40000 + i) for i, p in enumerate(spec.interfaces[0].ports)
+    )
+    spec = dataclasses.replace(
+        spec, interfaces=(dataclasses.replace(spec.interfaces[0], ports=ports),)
+    )
+    argv = build_argv(spec, [], PATHS, LaunchOptions())
+    (netdev,) = [json.loads(v) for v in options_after(argv, "-netdev")]
+    assert netdev["hostfwd"] == [
+        {"str": "tcp:127.0.0.1:40000-:22"},
+        {"str": "udp:127.0.0.1:40001-:53"},
+    ]
