@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.virtnode.conftest import kill_all
+from virtnode import AccelInfo, AgentSettings, NodeAgent, Phase
 from virtnode.argv import LaunchOptions, LaunchPaths, build_argv
 from virtnode.errors import SpecError
 from virtnode.network import (
@@ -194,3 +196,34 @@ async def test_qemu_has_the_nic_netdev_and_listening_hostfwd(
     _reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", host_port), 5)
     writer.close()
     await writer.wait_closed()
+
+
+async def test_agent_reports_host_ports_and_keeps_them_on_adoption(data_dir: Path) -> None:
+    """Through the agent (SeaBIOS finds nothing to boot: no guest), then a restarted agent."""
+    obj = vmi([{"name": "default", "masquerade": {}, "ports": [{"name": "web", "port": 80}]}], POD)
+    settings = AgentSettings(data_dir=data_dir)
+    accel = AccelInfo("tcg", "test", ("-accel", "tcg"))
+    first = NodeAgent(settings, accel=accel)
+    await first.start()
+    try:
+        vm = await first.create(obj)
+        (status,) = vm.status()["interfaces"]
+        (forward,) = status["hostPorts"]
+        assert (status["mac"], forward["port"]) == (derived_mac("0f3c-uid", "default"), 80)
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", forward["hostPort"]), 5
+        )
+        writer.close()
+        await writer.wait_closed()
+    except BaseException:
+        await kill_all(first)
+        raise
+    await first.close()  # QEMU keeps running
+    second = NodeAgent(settings, accel=accel)
+    await second.start()
+    try:
+        adopted = second.get("ns1", "vm1")
+        assert adopted.phase is Phase.RUNNING
+        assert adopted.status()["interfaces"] == [status]
+    finally:
+        await kill_all(second)

@@ -281,8 +281,8 @@ def test_nic_argv(
 ) -> None:
     argv = build_argv(parse_vmi(nic_vmi(devices, networks)), [], PATHS, LaunchOptions())
     netdevs = [json.loads(v) for v in options_after(argv, "-netdev")]
-    devices = [json.loads(v) for v in options_after(argv, "-device") if v.startswith("{")]
-    nics = [d for d in devices if "netdev" in d]
+    parsed = [json.loads(v) for v in options_after(argv, "-device") if v.startswith("{")]
+    nics = [d for d in parsed if "netdev" in d]
     assert netdevs == [{"type": "user", "id": f"netdev-{name}"} for name, _, _ in expected]
     assert nics == [
         {
