@@ -69,8 +69,12 @@ async def run_import(
     *,
     on_progress: ProgressCallback | None = None,
     settings: ImportSettings | None = None,
+    source: Source | None = None,
 ) -> ImportResult:
-    """Import ``request.source`` into its volume (created if missing); see docs/cdi.md."""
+    """Import ``request.source`` into its volume (created if missing); see docs/cdi.md.
+
+    ``source`` replaces the one ``request.source`` names (the importer service's
+    streamed uploads); ``request.source`` still supplies checksum and display name."""
     settings = settings or ImportSettings()
     try:
         volume = pool.get(request.namespace, request.name)
@@ -82,7 +86,7 @@ async def run_import(
         raise VolumeExists(f"volume {volume.key} already holds an imported disk")
     with volume.import_lock():
         tracker = ProgressTracker(on_progress, settings.progress_interval)
-        job = ImportJob(volume, request, settings, tracker, pool=pool)
+        job = ImportJob(volume, request, settings, tracker, pool=pool, source=source)
         return await job.run()
 
 
@@ -96,8 +100,10 @@ class ImportJob:
         settings: ImportSettings,
         tracker: ProgressTracker,
         pool: VolumePool | None = None,
+        source: Source | None = None,
     ) -> None:
         self.pool = pool
+        self._given_source = source
         self.reused_from: str | None = None
         self.volume = volume
         self.request = request
@@ -117,7 +123,7 @@ class ImportJob:
 
     async def run(self) -> ImportResult:
         started = time.monotonic()
-        source = open_source(self.request.source, self.settings)
+        source = self._given_source or open_source(self.request.source, self.settings)
         self.what = source.description
         try:
             self.volume.workdir.mkdir(exist_ok=True)
@@ -312,13 +318,7 @@ class ImportJob:
         writer = self._open_disk(resuming=resuming)
 
         def handle(start: int, data: bytearray) -> int:
-            written = 0
-            for c in qcow2.clusters_in(clusters, start, start + len(data)):
-                raw = data[c.host_offset - start : c.host_offset - start + c.length]
-                written += writer.write(
-                    c.guest_offset, qcow2.cluster_bytes(header, c, raw, self.what)
-                )
-            return written
+            return qcow2.write_range(header, clusters, start, data, writer.write, self.what)
 
         await self._run_ranged(source, ranges, handle, journal, writer, None, hasher)
 

@@ -34,6 +34,7 @@ from cdi.service.ports import ImportOutcome, ProgressCallback, ProgressUpdate
 from cdi.service.schema import JsonObject
 from cdi.service.settings import ServiceSettings
 from cdi.service.uploads import UploadStaging
+from cdi.sources.upload import UploadSource
 
 # Ranged requests each job keeps in flight; with job_buffer_bytes this bounds its memory.
 JOB_CONCURRENCY = 4
@@ -65,17 +66,43 @@ class PipelineRunner:
             await asyncio.to_thread(self.staging.discard, job.id)
             return ImportOutcome(job.bytes_read, job.bytes_written, resumed=True)
         request = self._request(job)
+        source = self._upload_source(job)
         try:
             result = await run_import(
-                self.pool, request, on_progress=on_progress, settings=self.import_settings
+                self.pool,
+                request,
+                on_progress=on_progress,
+                settings=self.import_settings,
+                source=source,
             )
         except RetryableImportError as exc:
-            raise JobFailed(exc.reason, str(exc), final=False) from exc
+            raise JobFailed(exc.reason, str(exc), final=source is not None) from exc
         except PipelineError as exc:
             raise JobFailed(exc.reason, str(exc), final=True) from exc
+        finally:
+            if source is not None:
+                self.staging.drop_stream(job.id)
         if job.spec.source_kind == "upload":
             await asyncio.to_thread(self.staging.discard, job.id)
         return ImportOutcome(result.source_bytes, result.bytes_written, result.resumed)
+
+    def _upload_source(self, job: ImportJob) -> UploadSource | None:
+        """A streamed upload's live bytes; an upload neither streaming nor staged
+        lost its bytes to a service restart (streams live in memory only)."""
+        if job.spec.source_kind != "upload":
+            return None
+        stream = self.staging.stream(job.id)
+        if stream is not None:
+            return UploadSource(stream, f"the upload for volume {job.spec.target}")
+        if not self.staging.complete(job.id):
+            raise JobFailed(
+                "UploadInterrupted",
+                f"the upload for volume {job.spec.target} was being streamed into the volume "
+                "when the importer service stopped; its bytes were not kept. Create the "
+                "import again and upload from the start",
+                final=True,
+            )
+        return None
 
     def _request(self, job: ImportJob) -> ImportRequest:
         spec = job.spec

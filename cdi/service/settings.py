@@ -38,6 +38,11 @@ class ServiceSettings:
     upload_read_timeout_seconds: float = 300.0
     # How long a sync upload waits for its import after the last byte.
     upload_sync_timeout_seconds: float = 24 * 3600.0
+    # A streamed upload (raw, iso, compressed) holds its job's slot while it waits
+    # for a continuation after a dropped request; it fails after this long.
+    upload_resume_timeout_seconds: float = 900.0
+    # Pieces (up to 1 MiB each) buffered between a streamed upload and its decoder.
+    upload_stream_pieces: int = 8
     # SSE keep-alive comment interval (keeps proxies from closing idle streams).
     events_heartbeat_seconds: float = 15.0
     # Bearer token for /v1/imports (None: no auth; only allowed on loopback).

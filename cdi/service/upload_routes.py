@@ -1,8 +1,10 @@
 """Upload endpoints (CDI's upload proxy, resumable): ``/v1/uploads/{namespace}/{name}``.
 
 ``PUT`` streams a raw body, ``POST`` a multipart form (first ``file`` part);
-the ``/async`` variants answer once the bytes are staged, the plain ones
-once the import finished. ``Content-Range: bytes A-B/TOTAL`` continues an
+the ``/async`` variants answer once the bytes are received, the plain ones
+once the import finished. Raw, iso and compressed uploads stream straight
+into their running import (:mod:`cdi.service.upload_feed`); other formats
+are staged first (:mod:`cdi.service.uploads`). ``Content-Range: bytes A-B/TOTAL`` continues an
 interrupted upload at ``A``; ``HEAD``/``GET`` report the bytes received
 (``Upload-Offset`` header and an ``UploadStatus`` body). Every call needs
 ``Authorization: Bearer <upload token>`` for exactly that volume.
@@ -20,6 +22,7 @@ from cdi.service.errors import JobConflict, JobFailed, UploadError
 from cdi.service.model import ImportJob, Phase, VolumeRef
 from cdi.service.openapi import RouteDoc
 from cdi.service.state import SERVICE, ImporterService
+from cdi.service.upload_feed import continue_stream, start_stream
 from cdi.service.uploads import WRITE_CHUNK, UploadRange, parse_content_range
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,16 @@ def _target(request: web.Request, service: ImporterService) -> tuple[VolumeRef, 
 
 
 def _status(service: ImporterService, job: ImportJob) -> dict[str, object]:
+    stream = service.staging.stream(job.id)
+    if stream is not None:
+        return {
+            "jobId": job.id,
+            "bytesReceived": stream.received,
+            "totalBytes": stream.total,
+            "complete": stream.ended,
+            "receiving": service.staging.receiving(job.id),
+            "phase": job.phase.value,
+        }
     received = service.staging.received(job.id)
     total = service.staging.total(job.id)
     return {
@@ -94,8 +107,44 @@ async def _receive(
     body: AsyncIterator[bytes],
     ranged: bool,
 ) -> None:
-    if job.phase is not Phase.UPLOAD_PENDING:
-        raise JobConflict(f"the upload for volume {job.spec.target} is already complete")
+    with service.staging.claim(job.id):
+        stream = service.staging.stream(job.id)
+        if stream is not None:
+            return await continue_stream(service, job, stream, placement, _coalesce(body), ranged)
+        if job.phase is not Phase.UPLOAD_PENDING:
+            raise JobConflict(f"the upload for volume {job.spec.target} is already complete")
+        limit = job.spec.size_bytes
+        if placement.total is not None and placement.total > limit:
+            raise UploadError(
+                f"the upload of {placement.total} bytes exceeds the {limit} bytes allowed",
+                status=413,
+            )
+        if placement.start == 0 and service.staging.received(job.id) == 0:
+            pieces = _coalesce(body)
+            try:
+                first = await anext(pieces, b"")
+            except Exception as exc:
+                raise UploadError("the upload body ended early; send it again") from exc
+            if await start_stream(service, job, placement, first, pieces, ranged):
+                return None
+            body = _prepend(first, pieces)
+        await _stage(service, job, placement, body, ranged)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for piece in rest:
+        yield piece
+
+
+async def _stage(
+    service: ImporterService,
+    job: ImportJob,
+    placement: UploadRange,
+    body: AsyncIterator[bytes],
+    ranged: bool,
+) -> None:
     # The staged copy is the volume's scratch space: it counts against the
     # volume's capacity (like the pipeline's scratch copies), never beyond it.
     limit = job.spec.size_bytes
@@ -123,7 +172,8 @@ async def _receive(
 
 
 async def _answer(service: ImporterService, job: ImportJob, sync: bool) -> web.Response:
-    if sync and job.phase is not Phase.UPLOAD_PENDING:
+    stream = service.staging.stream(job.id)
+    if sync and job.phase is not Phase.UPLOAD_PENDING and (stream is None or stream.ended):
         async with asyncio.timeout(service.settings.upload_sync_timeout_seconds):
             job = await service.scheduler.wait(job.id)
         if job.phase is not Phase.SUCCEEDED:

@@ -8,19 +8,26 @@ declared total has arrived the job is queued and the pipeline imports the
 staged file as a ``file`` source (format detection, decompression,
 checksum and sparse writing all happen there, in one read). The staged
 copy is removed when the job ends.
+
+Staging is only for images that need random access (qcow2, vmdk, ...): an
+upload whose first bytes are raw, iso or compressed is *streamed* instead
+(:mod:`cdi.sources.upload`): the job starts at once and the pipeline decodes
+the request bodies as they arrive; ``streams`` holds those live streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cdi.service.errors import UploadError
+from cdi.sources.upload import UploadStream
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # Bytes buffered per write; bounds an upload's memory.
@@ -55,6 +62,33 @@ class UploadStaging:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._active: set[str] = set()
+        self._streams: dict[str, UploadStream] = {}
+
+    def stream(self, job_id: str) -> UploadStream | None:
+        """The live stream of a streamed upload (None: staged, or not started)."""
+        return self._streams.get(job_id)
+
+    def open_stream(self, job_id: str, stream: UploadStream) -> None:
+        self._streams[job_id] = stream
+
+    def drop_stream(self, job_id: str) -> None:
+        stream = self._streams.pop(job_id, None)
+        if stream is not None:
+            stream.close("the upload's import ended")
+
+    @contextlib.contextmanager
+    def claim(self, job_id: str) -> Iterator[None]:
+        """One request at a time per upload."""
+        if job_id in self._active:
+            raise UploadError(
+                "another request is still sending this upload; retry when it has ended",
+                status=409,
+            )
+        self._active.add(job_id)
+        try:
+            yield
+        finally:
+            self._active.discard(job_id)
 
     def receiving(self, job_id: str) -> bool:
         """Whether a request is writing this upload right now."""
@@ -89,21 +123,8 @@ class UploadStaging:
     async def receive(
         self, job_id: str, placement: UploadRange, body: AsyncIterator[bytes], limit: int
     ) -> int:
-        """Append ``body`` at ``placement.start``; returns the bytes now staged."""
-        if job_id in self._active:
-            raise UploadError(
-                "another request is still sending this upload; retry when it has ended",
-                status=409,
-            )
-        self._active.add(job_id)
-        try:
-            return await self._receive(job_id, placement, body, limit)
-        finally:
-            self._active.discard(job_id)
-
-    async def _receive(
-        self, job_id: str, placement: UploadRange, body: AsyncIterator[bytes], limit: int
-    ) -> int:
+        """Append ``body`` at ``placement.start``; returns the bytes now staged.
+        The caller holds :meth:`claim`."""
         have = await asyncio.to_thread(self.received, job_id)
         if placement.start > have:
             raise UploadError(
@@ -150,6 +171,7 @@ class UploadStaging:
         self._set_total(job_id, self.received(job_id))
 
     def discard(self, job_id: str) -> None:
+        """Remove the staged copy (may run in a thread; live streams close on the loop)."""
         for path in (self.path(job_id), self._meta_path(job_id)):
             path.unlink(missing_ok=True)
 

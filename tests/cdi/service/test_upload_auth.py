@@ -77,7 +77,9 @@ async def test_offsets_and_continuation_rules(service: Service) -> None:
     status = await (await service.client.get(URL, headers=headers)).json()
     assert status["bytesReceived"] == 100
     assert status["totalBytes"] == 300
-    assert status["phase"] == "UploadPending"
+    # Raw bytes stream into the import, which starts with the first request.
+    assert status["phase"] in ("Queued", "Running")
+    assert status["complete"] is False
 
 
 async def test_no_upload_job_is_404_and_token_needs_api_auth(service_factory: Any) -> None:

@@ -1,0 +1,124 @@
+"""Streamed uploads: raw and compressed bodies go straight into the volume, no staged copy."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cdi import VolumeNotFound
+from tests.cdi.service.conftest import WAIT_TIMEOUT, MiB, Service, raw_equal, write_sparse_raw
+from tests.cdi.service.test_uploads import URL, _prepare, _send_and_drop, staged
+
+PIECE = 256 * 1024
+
+
+async def _partial_appears(service: Service) -> None:
+    """Until the import has opened ``disk.img.partial`` (bounded)."""
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while True:
+            try:
+                if service.pool.get("default", "up").partial_path.exists():
+                    return
+            except VolumeNotFound:
+                pass
+            await asyncio.sleep(0.02)
+
+
+async def _watched_body(service: Service, data: bytes, seen: list[int]) -> AsyncIterator[bytes]:
+    """Sends ``data`` in pieces; halfway it waits for the import to be writing, and
+    before every piece it looks into the staging directory."""
+    for offset in range(0, len(data), PIECE):
+        assert staged(service) == []
+        if offset >= len(data) // 2 and not seen:
+            await _partial_appears(service)
+            seen.append(offset)
+        yield data[offset : offset + PIECE]
+    assert staged(service) == []
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["raw", "raw.gz"])
+async def test_streamed_upload_writes_no_staging_copy(
+    service: Service, tmp_path: Path, packed: bool
+) -> None:
+    raw = write_sparse_raw(tmp_path / "src.raw", 12 * MiB, seed=21)
+    image = raw
+    if packed:
+        image = tmp_path / "src.raw.gz"
+        image.write_bytes(gzip.compress(raw.read_bytes(), compresslevel=1))
+    headers = await _prepare(service, image)
+    seen: list[int] = []
+    body = _watched_body(service, image.read_bytes(), seen)
+    response = await service.client.put(URL, data=body, headers=headers)
+    job = await response.json()
+    assert response.status == 200, job
+    assert job["phase"] == "Succeeded"
+    # The volume was being written while half the body had still to come.
+    assert seen
+    assert raw_equal(service.pool.get("default", "up").disk_path, raw)
+    assert staged(service) == []
+
+
+@pytest.mark.parametrize("overlap", [0, 4096], ids=["at-offset", "overlapping"])
+async def test_raw_upload_cut_at_half_resumes_with_content_range(
+    service: Service, tmp_path: Path, overlap: int
+) -> None:
+    raw = write_sparse_raw(tmp_path / "src.raw", 8 * MiB, seed=22)
+    data = raw.read_bytes()
+    headers = await _prepare(service, raw)  # sha256 over every byte, both requests
+    await _send_and_drop(service, headers, data, len(data) // 2)
+    head = await service.client.head(URL, headers=headers)
+    offset = int(head.headers["Upload-Offset"])
+    assert 0 < offset <= len(data) // 2
+    assert staged(service) == []
+    start = offset - overlap  # bytes the server already has are skipped
+    response = await service.client.put(
+        URL,
+        data=io.BytesIO(data[start:]),
+        headers={**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"},
+    )
+    job = await response.json()
+    assert response.status == 200, job
+    assert job["phase"] == "Succeeded", job
+    assert raw_equal(service.pool.get("default", "up").disk_path, raw)
+    assert staged(service) == []
+
+
+async def test_streamed_gz_with_wrong_checksum_fails_and_leaves_no_volume(
+    service: Service, tmp_path: Path
+) -> None:
+    raw = write_sparse_raw(tmp_path / "src.raw", 4 * MiB, seed=23)
+    packed = gzip.compress(raw.read_bytes(), compresslevel=1)
+    headers = await _prepare(service, raw, checksum="sha256:" + "1" * 64)
+    response = await service.client.put(URL, data=io.BytesIO(packed), headers=headers)
+    body = await response.json()
+    assert response.status == 422, body
+    assert "checksum" in body["error"].lower()
+    assert service.pool.list() == []
+    assert staged(service) == []
+
+
+async def test_cancel_while_streaming_removes_the_partial_volume(
+    service: Service, tmp_path: Path
+) -> None:
+    raw = write_sparse_raw(tmp_path / "src.raw", 4 * MiB, seed=24)
+    data = raw.read_bytes()
+    headers = await _prepare(service, raw)
+    half = len(data) // 2
+    response = await service.client.put(
+        URL + "/async",
+        data=io.BytesIO(data[:half]),
+        headers={**headers, "Content-Range": f"bytes 0-{half - 1}/{len(data)}"},
+    )
+    status = await response.json()
+    assert response.status == 200, status
+    assert status["bytesReceived"] == half
+    assert status["complete"] is False
+    response = await service.client.delete(f"/v1/imports/{status['jobId']}")
+    assert (await response.json())["phase"] == "Cancelled"
+    assert service.pool.list() == []
+    assert staged(service) == []
