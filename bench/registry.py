@@ -313,8 +313,12 @@ def main() -> int:
     parser.add_argument("--no-oras", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="runs per skopeo/diskplane case")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     results = bench(args.size_mib, not args.no_oras, args.repeat)
+    load_after = os.getloadavg()[0]
     print(f"disk: {args.size_mib} MiB, ~50% incompressible; registry: docker-registry on 127.0.0.1")
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after;", end=" ")
+    print(f"best of {args.repeat} per case")
     print(f"{'case':38} {'seconds':>8} {'MB/s':>7} {'peak RSS MiB':>13} {'CPU s':>6}")
     for name, r in results.items():
         rate = args.size_mib * MiB / 1e6 / r["seconds"]
@@ -332,7 +336,8 @@ def main() -> int:
         )
         print(f"pull {comp} to a disk file: diskplane/(skopeo + tar -x) ratio {ours / theirs:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        load = {"load_before": load_before, "load_after": load_after}
+        args.json.write_text(json.dumps({**results, "machine": load}, indent=2))
     return 0
 
 
