@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 NODE = ResourceKind("", "v1", "Node", "nodes", "node", ("no",), False)
 AGENT_URL_ANNOTATION = "diskplane.io/agent-url"
+# A node's importer service and the data dir its volume pool lives in (node-local imports).
+IMPORTER_URL_ANNOTATION = "diskplane.io/importer-url"
+DATA_DIR_ANNOTATION = "diskplane.io/data-dir"
 # How often a registered agent's record is renewed, and when it counts as gone.
 HEARTBEAT_S = 10.0
 NODE_STALE_S = 40.0
@@ -51,6 +54,8 @@ class NodeInfo:
     url: str
     free_memory: int
     heartbeat: datetime.datetime | None
+    importer_url: str = ""
+    data_dir: str = ""
 
 
 def free_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -83,26 +88,39 @@ def _node_info(obj: Object) -> NodeInfo:
     beat = ready.get("lastHeartbeatTime")
     when = datetime.datetime.fromisoformat(beat.replace("Z", "+00:00")) if beat else None
     memory = str((status.get("allocatable") or {}).get("memory") or "0")
+    annotations = md.get("annotations") or {}
     return NodeInfo(
         name=md["name"],
-        url=(md.get("annotations") or {}).get(AGENT_URL_ANNOTATION, ""),
+        url=annotations.get(AGENT_URL_ANNOTATION, ""),
         free_memory=int(memory) if memory.isdigit() else parse_quantity(memory, "memory"),
         heartbeat=when,
+        importer_url=annotations.get(IMPORTER_URL_ANNOTATION, ""),
+        data_dir=annotations.get(DATA_DIR_ANNOTATION, ""),
     )
 
 
-async def register_node(store: Store, name: str, url: str, free_memory: int) -> None:
-    """Create or refresh the record of the agent ``name`` serving at ``url``."""
+async def register_node(
+    store: Store,
+    name: str,
+    url: str,
+    free_memory: int,
+    extra: Mapping[str, str] | None = None,
+) -> None:
+    """Create or refresh the record of the agent ``name`` serving at ``url``.
+
+    ``extra``: more annotations (the node's importer URL and data dir).
+    """
+    annotations = {AGENT_URL_ANNOTATION: url, **(extra or {})}
     body = {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "annotations": {AGENT_URL_ANNOTATION: url}},
+        "metadata": {"name": name, "annotations": annotations},
     }
     try:
         await store.create(NODE, body)
     except AlreadyExists:
         current = await store.get(NODE, "", name)
-        current["metadata"].setdefault("annotations", {})[AGENT_URL_ANNOTATION] = url
+        current["metadata"].setdefault("annotations", {}).update(annotations)
         await store.update(NODE, current)
     await heartbeat(store, name, free_memory)
 
@@ -149,11 +167,16 @@ class NodeDirectory:
         except NotFound:
             return None
 
-    def _fresh(self, node: NodeInfo) -> bool:
-        if node.heartbeat is None or not node.url:
+    def _fresh(self, node: NodeInfo, *, agent: bool = True) -> bool:
+        if node.heartbeat is None or (agent and not node.url):
             return False
         age = datetime.datetime.now(datetime.UTC) - node.heartbeat
         return age.total_seconds() <= self.stale_after_s
+
+    async def importer_nodes(self) -> list[NodeInfo]:
+        """Fresh nodes serving an importer service, most free memory first."""
+        nodes = [n for n in await self.nodes() if n.importer_url and self._fresh(n, agent=False)]
+        return sorted(nodes, key=lambda n: (-n.free_memory, n.name))
 
     async def schedule(self, vmi: Object) -> NodeInfo | None:
         """The fresh node with the most memory left that fits ``vmi``; None when none fits."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from controllers.api.common import now_rfc3339
 from controllers.api.kinds import VIRTUALMACHINEINSTANCE
-from controllers.api.virtualmachine import VMIPhase
+from controllers.api.virtualmachine import PrintableStatus, VMIPhase
 from controllers.errors import NotFound
 from controllers.nodes import NodeDirectory, NodeInfo
 from controllers.reconcile.controller import Result
@@ -165,13 +165,27 @@ class VirtualMachineInstanceReconciler:
 
     async def _mirror(self, vmi: Object, status: dict[str, Any]) -> None:
         old = vmi.get("status") or {}
-        new = {k: status[k] for k in MIRRORED if k in status}
+        new = _schema_clean({k: status[k] for k in MIRRORED if k in status})
         if all(old.get(k) == v for k, v in new.items()):
             return
         md = vmi["metadata"]
         await self.store.patch_status(
             VIRTUALMACHINEINSTANCE, md.get("namespace") or "default", md["name"], new
         )
+
+
+def _schema_clean(status: dict[str, Any]) -> dict[str, Any]:
+    """The agent's status as the CRD schema takes it on a real apiserver: a printableStatus
+    outside KubeVirt's values (the agent's ``Failed``) is left out, and so are empty condition
+    strings (kube-apiserver 1.20 turns ``""`` in a merge-patched list into a rejected null)."""
+    clean = dict(status)
+    if clean.get("printableStatus") not in set(PrintableStatus):
+        clean.pop("printableStatus", None)
+    if "conditions" in clean:
+        clean["conditions"] = [
+            {k: v for k, v in c.items() if v != ""} for c in clean["conditions"] or []
+        ]
+    return clean
 
 
 def _for_agent(vmi: Object) -> dict[str, Any]:
