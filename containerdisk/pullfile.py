@@ -62,7 +62,8 @@ def _write_and_flush(fd: int, piece: bytes, offset: int, flushed: int) -> int:
     _write_piece(fd, piece, offset)
     end = offset + len(piece)
     if end - flushed >= WRITEBACK_WINDOW:
-        os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):  # a hint: a file system may not take it
+            os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
         return end
     return flushed
 
