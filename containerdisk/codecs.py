@@ -160,6 +160,8 @@ async def decompress(
         while not feeder.done():
             _unblock(inbox)
             await asyncio.wait({feeder}, timeout=0.05)
+        if not feeder.cancelled():
+            feeder.exception()  # retrieved: the caller has stopped reading, or already raised it
         if pending is not None:
             if not pending.done():
                 _unblock(inbox)
