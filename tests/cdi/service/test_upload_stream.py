@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import json
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from cdi import VolumeNotFound
 from tests.cdi.service.conftest import WAIT_TIMEOUT, MiB, Service, raw_equal, write_sparse_raw
+from tests.cdi.service.servicectl import ServiceProcess
 from tests.cdi.service.test_uploads import URL, _prepare, _send_and_drop, staged
 
 PIECE = 256 * 1024
@@ -122,3 +125,40 @@ async def test_cancel_while_streaming_removes_the_partial_volume(
     assert (await response.json())["phase"] == "Cancelled"
     assert service.pool.list() == []
     assert staged(service) == []
+
+
+def test_restart_while_streaming_fails_the_job_cleanly(tmp_path: Path) -> None:
+    """The stream and its hash state live in memory: after kill -9 the job ends
+    ``UploadInterrupted`` and its partial volume goes (documented limit)."""
+    data_dir = tmp_path / "data"
+    raw = write_sparse_raw(tmp_path / "src.raw", 4 * MiB, seed=25)
+    data = raw.read_bytes()
+    service = ServiceProcess.start(data_dir, tmp_path / "service1.log")
+    try:
+        target = {"namespace": "default", "name": "up"}
+        spec = {"source": {"upload": {}}, "target": target, "size": "32Mi"}
+        job = service.call("POST", "/v1/imports", spec)
+        token = service.call("POST", "/v1/upload-tokens", {"target": target})["token"]
+        half = len(data) // 2
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Range": f"bytes 0-{half - 1}/{len(data)}",
+        }
+        request = urllib.request.Request(
+            service.url + URL + "/async", data=data[:half], method="PUT", headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=WAIT_TIMEOUT) as response:
+            assert json.loads(response.read())["bytesReceived"] == half
+        volume = data_dir / "volumes" / "default" / "up"
+        service.wait_until(lambda: (volume / "disk.img.partial").exists(), "the import to write")
+        service.kill9()
+    finally:
+        service.stop()
+    service = ServiceProcess.start(data_dir, tmp_path / "service2.log")
+    try:
+        final = service.wait_finished(job["id"])
+        assert final["phase"] == "Failed", final
+        assert final["reason"] == "UploadInterrupted"
+        assert not volume.exists()
+    finally:
+        service.stop()
