@@ -6,6 +6,7 @@
     ├── RequestInvalid            a request body or parameter is wrong (400/422); names the field
     ├── JobNotFound               no job with that id (404)
     ├── JobConflict               the job or volume is in a state that forbids the action (409)
+    │   └── UploadImportEnded     a streamed upload's import ended while bytes were arriving
     ├── AuthError                 missing/invalid credentials (401)
     │   └── AuthForbidden         valid credentials for something else (403)
     ├── UploadError               the upload body or its Content-Range is wrong (400/409/416)
@@ -42,6 +43,10 @@ class JobNotFound(ServiceError):
 
 class JobConflict(ServiceError):
     """The action does not fit the job's or the volume's current state."""
+
+
+class UploadImportEnded(JobConflict):
+    """The import a streamed upload feeds has ended (failed or was cancelled)."""
 
 
 class AuthError(ServiceError):

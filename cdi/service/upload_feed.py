@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from cdi.service.errors import JobConflict, UploadError
+from cdi.service.errors import JobConflict, UploadError, UploadImportEnded
 from cdi.service.model import ImportJob
 from cdi.service.state import ImporterService
 from cdi.service.uploads import UploadRange
@@ -112,4 +112,4 @@ async def _put(job: ImportJob, stream: UploadStream, piece: bytes, limit: int) -
         stream.close("the upload was larger than declared")
         raise UploadError(f"the upload is larger than the {allowed} bytes declared", status=413)
     if not await stream.put(piece):
-        raise JobConflict(f"the import of the upload for volume {job.spec.target} ended")
+        raise UploadImportEnded(f"the import of the upload for volume {job.spec.target} ended")

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import BodyPartReader, StreamReader, web
 
-from cdi.service.errors import JobConflict, JobFailed, UploadError
+from cdi.service.errors import JobConflict, JobFailed, UploadError, UploadImportEnded
 from cdi.service.model import ImportJob, Phase, VolumeRef
 from cdi.service.openapi import RouteDoc
 from cdi.service.state import SERVICE, ImporterService
@@ -131,6 +131,22 @@ async def _receive(
         await _stage(service, job, placement, body, ranged)
 
 
+async def _receive_or_ended(
+    service: ImporterService,
+    job: ImportJob,
+    placement: UploadRange,
+    body: AsyncIterator[bytes],
+    ranged: bool,
+    sync: bool,
+) -> None:
+    """A sync upload whose streaming import failed early answers with that failure."""
+    try:
+        await _receive(service, job, placement, body, ranged)
+    except UploadImportEnded:
+        if not sync:
+            raise
+
+
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     if first:
         yield first
@@ -173,7 +189,8 @@ async def _stage(
 
 async def _answer(service: ImporterService, job: ImportJob, sync: bool) -> web.Response:
     stream = service.staging.stream(job.id)
-    if sync and job.phase is not Phase.UPLOAD_PENDING and (stream is None or stream.ended):
+    all_sent = stream is None or stream.ended or stream.closed
+    if sync and job.phase is not Phase.UPLOAD_PENDING and all_sent:
         async with asyncio.timeout(service.settings.upload_sync_timeout_seconds):
             job = await service.scheduler.wait(job.id)
         if job.phase is not Phase.SUCCEEDED:
@@ -189,13 +206,8 @@ def _put(sync: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
         _, job = _target(request, service)
         header = request.headers.get("Content-Range")
         placement = parse_content_range(header, request.content_length)
-        await _receive(
-            service,
-            job,
-            placement,
-            _stream_chunks(request.content, service.settings.upload_read_timeout_seconds),
-            header is not None,
-        )
+        body = _stream_chunks(request.content, service.settings.upload_read_timeout_seconds)
+        await _receive_or_ended(service, job, placement, body, header is not None, sync)
         return await _answer(service, job, sync)
 
     return put
@@ -214,7 +226,9 @@ def _post_form(sync: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
                 raise UploadError("the form has no 'file' part")
             if isinstance(part, BodyPartReader) and part.name == "file":
                 break
-        await _receive(service, job, placement, _part_chunks(part), header is not None)
+        await _receive_or_ended(
+            service, job, placement, _part_chunks(part), header is not None, sync
+        )
         return await _answer(service, job, sync)
 
     return post

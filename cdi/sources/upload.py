@@ -51,6 +51,11 @@ class UploadStream:
         self._space = asyncio.Event()
         self._data = asyncio.Event()
 
+    @property
+    def closed(self) -> bool:
+        """The reading side is gone (the import ended)."""
+        return self._closed is not None
+
     async def put(self, data: bytes) -> bool:
         """Queue ``data``; False when the reading side has closed the stream."""
         while self._closed is None and len(self._pieces) >= self._max:

@@ -162,3 +162,20 @@ def test_restart_while_streaming_fails_the_job_cleanly(tmp_path: Path) -> None:
         assert not volume.exists()
     finally:
         service.stop()
+
+
+async def test_too_large_raw_fails_while_streaming_with_the_import_reason(
+    service: Service, tmp_path: Path
+) -> None:
+    """32 MiB of raw for a 32Mi volume (30 MiB usable): the import refuses it from the
+    first bytes, and the sync PUT answers with that failure, not after the last byte."""
+    raw = write_sparse_raw(tmp_path / "src.raw", 32 * MiB, seed=26)
+    headers = await _prepare(service, raw)
+    response = await service.client.put(URL, data=io.BytesIO(raw.read_bytes()), headers=headers)
+    body = await response.json()
+    assert response.status == 422, body
+    job = service.state.scheduler.list()[0]
+    assert job.reason == "ImageTooLarge", job.message
+    assert service.state.metrics.upload_bytes < raw.stat().st_size  # refused mid-body
+    assert service.pool.list() == []
+    assert staged(service) == []
