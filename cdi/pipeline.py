@@ -318,13 +318,7 @@ class ImportJob:
         writer = self._open_disk(resuming=resuming)
 
         def handle(start: int, data: bytearray) -> int:
-            written = 0
-            for c in qcow2.clusters_in(clusters, start, start + len(data)):
-                raw = data[c.host_offset - start : c.host_offset - start + c.length]
-                written += writer.write(
-                    c.guest_offset, qcow2.cluster_bytes(header, c, raw, self.what)
-                )
-            return written
+            return qcow2.write_range(header, clusters, start, data, writer.write, self.what)
 
         await self._run_ranged(source, ranges, handle, journal, writer, None, hasher)
 

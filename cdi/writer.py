@@ -21,16 +21,29 @@ from cdi.settings import MiB
 #: Granularity of zero detection; 64 KiB matches qcow2's default cluster.
 BLOCK = 64 * 1024
 _ZEROS = bytes(BLOCK)
+#: Writes at least this long start their writeback at once (``sync_file_range``).
+WRITEBACK_MIN = 256 * 1024
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 @functools.lru_cache(maxsize=8)
 def _zeros(length: int) -> bytes:
     return bytes(length)
+
+
+def _is_zero(data: bytes | bytearray | memoryview, view: memoryview, pos: int, step: int) -> bool:
+    """Whether ``step`` bytes at ``pos`` are all zero (a slice compare runs at memcmp
+    speed; comparing a memoryview directly is ~100 times slower)."""
+    block = (
+        view[pos : pos + step].tobytes() if isinstance(data, memoryview) else data[pos : pos + step]
+    )
+    return block == (_ZEROS if step == BLOCK else _zeros(step))
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -68,29 +81,37 @@ class RawWriter:
             os.close(self.fd)
             self.fd = -1
 
-    def write(self, offset: int, data: bytes | bytearray) -> int:
-        """Write ``data`` at ``offset``; return the number of bytes actually written."""
-        end = offset + len(data)
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` at ``offset``; return the number of bytes actually written.
+
+        Zero detection is per 64 KiB block, but only a block whose first and last
+        bytes are zero is compared (so incompressible data costs two index
+        operations per block, never a copy); the non-zero blocks between holes
+        go down in one ``pwrite`` each.
+        """
+        size = len(data)
+        end = offset + size
         if end > self.limit:
             raise ImageTooLarge(
                 f"{self._what} expands past {human(self.limit)}, the usable size of the "
                 "volume; request a larger volume"
             )
         self.high_water = max(self.high_water, end)
-        if len(data) <= 16 * MiB and data == _zeros(len(data)):
-            self._zero(offset, len(data))
-            return 0
         view = memoryview(data)
         written = 0
-        pos = 0
-        while pos < len(view):
-            step = min(BLOCK, len(view) - pos)
-            block = data[pos : pos + step]
-            if block == (_ZEROS if step == BLOCK else _zeros(step)):
-                self._zero(offset + pos, step)
-            else:
-                written += self._pwrite(view[pos : pos + step], offset + pos)
-            pos += step
+        run = -1  # start of the pending run of non-zero blocks
+        for pos in range(0, size, BLOCK):
+            step = min(BLOCK, size - pos)
+            if view[pos] or view[pos + step - 1] or not _is_zero(data, view, pos, step):
+                if run < 0:
+                    run = pos
+                continue
+            if run >= 0:
+                written += self._pwrite(view[run:pos], offset + run)
+                run = -1
+            self._zero(offset + pos, step)
+        if run >= 0:
+            written += self._pwrite(view[run:size], offset + run)
         self.bytes_written += written
         return written
 
@@ -98,6 +119,10 @@ class RawWriter:
         done = 0
         while done < len(view):
             done += os.pwrite(self.fd, view[done:], offset + done)
+        if done >= WRITEBACK_MIN:
+            # Start writeback now (asynchronously): the disk then works while the
+            # network does, instead of all of it waiting for the final fsync.
+            _libc.sync_file_range(self.fd, offset, done, _SYNC_FILE_RANGE_WRITE)
         return done
 
     def _zero(self, offset: int, length: int) -> None:

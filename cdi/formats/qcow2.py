@@ -203,6 +203,45 @@ def clusters_in(clusters: list[Cluster], start: int, end: int) -> list[Cluster]:
     return [c for c in clusters[lo:hi] if c.host_offset + c.length <= end]
 
 
+def write_range(
+    header: Header,
+    clusters: list[Cluster],
+    start: int,
+    data: bytearray,
+    write: Callable[[int, memoryview | bytes | bytearray], int],
+    what: str,
+) -> int:
+    """Write the clusters of the fetched host range ``[start, start + len(data))``
+    at their guest offsets; return bytes written.
+
+    Clusters contiguous in both host and guest order (what ``qemu-img`` makes)
+    go down as one write of a view into ``data``: no per-cluster copy.
+    """
+    view = memoryview(data)
+    written = 0
+    host = guest = length = 0
+    for c in clusters_in(clusters, start, start + len(data)):
+        if (
+            not c.compressed
+            and length
+            and c.host_offset == host + length
+            and c.guest_offset == guest + length
+        ):
+            length += c.length
+            continue
+        if length:
+            written += write(guest, view[host - start : host - start + length])
+            length = 0
+        if c.compressed:
+            raw = data[c.host_offset - start : c.host_offset - start + c.length]
+            written += write(c.guest_offset, cluster_bytes(header, c, raw, what))
+        else:
+            host, guest, length = c.host_offset, c.guest_offset, c.length
+    if length:
+        written += write(guest, view[host - start : host - start + length])
+    return written
+
+
 def cluster_bytes(header: Header, cluster: Cluster, raw: bytearray, what: str) -> bytes | bytearray:
     """The guest bytes of a cluster (decompressed when needed)."""
     if not cluster.compressed:
