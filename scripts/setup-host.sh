@@ -14,7 +14,7 @@ venv="${VENV:-$here/.venv}"
 runtime_pkgs=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 syslinux
   syslinux-common mtools dosfstools fdisk cpio docker-registry skopeo zstd xz-utils bzip2
   openssl ca-certificates)
-test_pkgs=(apache2-utils nbdkit curl etcd-server
+test_pkgs=(apache2-utils nbdkit curl etcd-server xfsprogs
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc python3-dev)
 
 pkgs=("${runtime_pkgs[@]}")
