@@ -176,9 +176,9 @@ class VirtualMachineInstanceReconciler:
 
 def _schema_clean(status: dict[str, Any]) -> dict[str, Any]:
     """The agent's status as the CRD schema takes it on a real apiserver: a printableStatus
-    outside KubeVirt's values (the agent's ``Failed``) is left out, and so are empty condition
-    strings (kube-apiserver 1.20 turns ``""`` in a merge-patched list into a rejected null)."""
-    clean = dict(status)
+    outside KubeVirt's values (the agent's ``Failed``) is left out, and so are empty or null
+    fields and condition strings (kube-apiserver 1.20 rejects them as null strings)."""
+    clean = {k: v for k, v in status.items() if v is not None and v != ""}
     if clean.get("printableStatus") not in set(PrintableStatus):
         clean.pop("printableStatus", None)
     if "conditions" in clean:

@@ -19,7 +19,7 @@ import pytest
 
 from cdi import VolumeNotFound, VolumePool
 from cdi.service import ServiceSettings, create_app
-from controllers.api import DATAVOLUME, NAMESPACE, VIRTUALMACHINEINSTANCE
+from controllers.api import DATAVOLUME, NAMESPACE, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
 from controllers.api.kinds import PERSISTENTVOLUMECLAIM
 from controllers.errors import NotFound
 from controllers.node_local import PERSISTENTVOLUME, pv_name
@@ -30,8 +30,13 @@ from tests.controllers.test_cli import LineReader
 from tests.controllers.test_datavolume_reconciler import MiB, write_disk
 from tests.controllers.test_run_controllers import stop, wait_line
 from tests.controllers.test_scheduling import agent_on, vmi
+from tests.controllers.test_vm_guest import guest_vm
 from tests.support.http_server import FileServer
 from tests.support.kube import KubeCluster
+from virtnode import AccelInfo, AgentSettings, NodeAgent
+from virtnode.accel import AccelChoice
+from virtnode.api import create_app as create_agent_app
+from virtnode.tinyguest import TinyGuest
 
 pytestmark = pytest.mark.kube
 WAIT = 60.0
@@ -190,3 +195,68 @@ async def test_vmi_is_scheduled_onto_an_agent_registered_in_the_cluster(
         finally:
             assert await asyncio.to_thread(stop, process) == 0
             await store.delete(NODE, "", node)
+
+
+def cluster_vm(guest: TinyGuest, namespace: str) -> dict[str, Any]:
+    vm = guest_vm(guest)
+    vm["metadata"]["namespace"] = namespace
+    storage = vm["spec"]["dataVolumeTemplates"][0]["spec"]["storage"]
+    storage["storageClassName"] = "diskplane-local"
+    return vm
+
+
+@pytest.mark.guest
+async def test_vm_on_a_node_local_datavolume_boots_on_the_registered_agent(
+    tmp_path: Path,
+    kube_cluster: KubeCluster,
+    kube: tuple[KubernetesStore, str],
+    tiny_guest: TinyGuest,
+    guest_accel: AccelChoice,
+) -> None:
+    store, namespace = kube
+    node, node_dir = f"node-{uuid.uuid4().hex[:6]}", tmp_path / "node"
+    accel = AccelInfo(guest_accel.accel, guest_accel.reason, tuple(guest_accel.qemu_args()))
+    agent = NodeAgent(AgentSettings(data_dir=node_dir, node_name=node), accel=accel)
+    await agent.start()
+    app = create_app(ServiceSettings(data_dir=node_dir, persist_interval_seconds=0.05))
+    try:
+        async with (
+            serving(app, "127.0.0.1:0") as importer_url,
+            serving(create_agent_app(agent, owns_agent=False), "127.0.0.1:0") as agent_url,
+        ):
+            options = ("--importer", importer_url, "--agent", agent_url)
+            options += ("--node-data-dir", str(node_dir), "--node-name", node)
+            process = controllers(tmp_path, kube_cluster, *options)
+            try:
+                await asyncio.to_thread(wait_line, LineReader(process), "leads; reconciling")
+                await _boot_and_halt(store, namespace, agent, tiny_guest, node)
+            finally:
+                assert await asyncio.to_thread(stop, process) == 0
+                await store.delete(NODE, "", node)
+    finally:
+        for vm in list(agent.vms.values()):
+            await agent.delete(vm.spec.namespace, vm.spec.name, grace=1)
+        await agent.close()
+
+
+def printable_is(value: str) -> Any:
+    return lambda o: (o.get("status") or {}).get("printableStatus") == value
+
+
+async def _boot_and_halt(
+    store: KubernetesStore, namespace: str, agent: NodeAgent, guest: TinyGuest, node: str
+) -> None:
+    await store.create(VIRTUALMACHINE, cluster_vm(guest, namespace))
+    await until(store, VIRTUALMACHINE, namespace, "tiny", printable_is("Running"))
+    await agent.get(namespace, "tiny").console.wait_for(guest.ready_line, limit=WAIT)
+    vmi = await store.get(VIRTUALMACHINEINSTANCE, namespace, "tiny")
+    assert (vmi["status"]["phase"], vmi["status"]["nodeName"]) == ("Running", node)
+    claim = await store.get(PERSISTENTVOLUMECLAIM, namespace, "tiny-data")
+    assert claim["status"]["phase"] == "Bound"
+
+    current = await store.get(VIRTUALMACHINE, namespace, "tiny")
+    current["spec"]["runStrategy"] = "Halted"
+    await store.update(VIRTUALMACHINE, current)
+    await until(store, VIRTUALMACHINE, namespace, "tiny", printable_is("Stopped"))
+    await gone(store, VIRTUALMACHINEINSTANCE, namespace, "tiny")
+    assert agent.list() == []
