@@ -69,12 +69,14 @@ async def kube(kube_cluster: KubeCluster) -> AsyncIterator[tuple[KubernetesStore
         await store.close()
 
 
-async def until(store: KubernetesStore, kind: Any, namespace: str, name: str, check: Any) -> Any:
-    """The object once ``check(obj)`` holds; every status seen is kept in ``seen``."""
+async def until(
+    store: KubernetesStore, kind: Any, namespace: str, name: str, check: Any, since: str = ""
+) -> Any:
+    """The object once ``check(obj)`` holds, and every status seen (from ``since``) until then."""
     seen: list[dict[str, Any]] = []
 
     async def follow() -> dict[str, Any]:
-        async for event in store.watch(kind, namespace):
+        async for event in store.watch(kind, namespace, since):
             obj = event.object
             if obj["metadata"]["name"] == name:
                 seen.append(obj.get("status") or {})
@@ -131,18 +133,20 @@ async def _import_and_delete(
             },
         },
     }
-    await store.create(DATAVOLUME, body)
+    created = await store.create(DATAVOLUME, body)
     done, seen = await until(
         store,
         DATAVOLUME,
         namespace,
         "web",
         lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+        created["metadata"]["resourceVersion"],
     )
     status = done["status"]
     assert status["phase"] == "Succeeded", status
     assert status["progress"] == "100.00%"
-    assert "ImportScheduled" in [s.get("phase") for s in seen] or len(seen) > 1
+    phases = [s.get("phase") for s in seen if s.get("phase")]
+    assert phases[0] == "ImportScheduled"  # until the PV binder binds the claim
     bound = next(c for c in status["conditions"] if c["type"] == "Bound")
     assert bound["status"] == "True"
 
