@@ -22,6 +22,8 @@ from controllers.api import (
     VIRTUALMACHINE,
     VIRTUALMACHINEINSTANCE,
 )
+from controllers.node_local import PERSISTENTVOLUME
+from controllers.nodes import NODE
 
 helm = pytest.importorskip("helm_python")
 
@@ -66,6 +68,8 @@ def test_rendered_rbac_covers_what_the_controllers_touch(rendered: list[dict[str
         assert (kind.group, f"{kind.plural}/status") in granted
     assert granted[("", PERSISTENTVOLUMECLAIM.plural)] >= {"get", "list", "watch", "create"}
     assert granted[("", SECRET.plural)] >= {"get"}
+    assert granted[("", NODE.plural)] >= {"get", "list", "watch", "create", "update"}
+    assert granted[("", PERSISTENTVOLUME.plural)] >= {"get", "list", "create", "delete"}
     assert granted[("", EVENT.plural)] >= {"create", "update"}
     assert granted[(LEASE.group, LEASE.plural)] >= {"get", "create", "update"}
     binding = one(rendered, "ClusterRoleBinding")
