@@ -314,6 +314,18 @@ VMI_STATUS = Obj(
                     "queueCount": Int(),
                     "linkState": Str(),
                     "podInterfaceName": Str(),
+                    # diskplane: declared ports forwarded from 127.0.0.1 on the node
+                    "hostPorts": Arr(
+                        Obj(
+                            {
+                                "name": Str(),
+                                "protocol": Str(),
+                                "port": Int(),
+                                "hostIP": Str(),
+                                "hostPort": Int(),
+                            }
+                        )
+                    ),
                 }
             )
         ),

@@ -41,6 +41,7 @@ MIRRORED = (
     "accelerator",
     "qemu",
     "volumeStatus",
+    "interfaces",
     "phaseTransitionTimestamps",
 )
 

@@ -139,6 +139,10 @@ async def test_vm_boots_the_guest_and_halts(
     vmi = await store.get(VIRTUALMACHINEINSTANCE, "default", "tiny")
     assert vmi["status"]["phase"] == "Running"
     assert vmi["status"]["accelerator"]["name"] in ("tcg", "kvm")
+    # KubeVirt's default pod-network NIC, as the agent reports it
+    (nic,) = vmi["status"]["interfaces"]
+    assert nic["name"] == "default"
+    assert nic["ipAddress"] == "10.0.2.15"
 
     # pause/unpause as `diskplane pause|unpause` ask for it
     for flag, wanted in (("true", "Paused"), ("false", "Running")):
