@@ -34,8 +34,6 @@ from typing import Any
 from controllers.api.kinds import (
     DATAVOLUME,
     PERSISTENTVOLUMECLAIM,
-    VIRTUALMACHINE,
-    VIRTUALMACHINEINSTANCE,
 )
 from controllers.node_local import LOCAL_STORAGE_CLASS, NodeLocalImporter
 from controllers.nodes import (
@@ -50,8 +48,7 @@ from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers.datavolume import DataVolumeReconciler
 from controllers.reconcilers.importer import Importer
 from controllers.reconcilers.local_importer import LocalImporter
-from controllers.reconcilers.virtualmachine import VirtualMachineReconciler
-from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler
+from controllers.reconcilers.wiring import vm_controllers
 from controllers.run_nodes import forward_node_events
 from controllers.store.leader import LeaderElector, LeaseTiming
 from controllers.store.protocol import Store
@@ -68,19 +65,7 @@ async def _lead(store: Store, importer: Importer, nodes: NodeDirectory) -> None:
         owns=(PERSISTENTVOLUMECLAIM,),  # a claim the PV binder binds starts its import
     )
     importer.set_listener(dvs.enqueue)
-    vms = Controller(
-        "virtualmachines",
-        store,
-        VIRTUALMACHINE,
-        VirtualMachineReconciler(store, recorder),
-        owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
-    )
-    vmis = Controller(
-        "virtualmachineinstances",
-        store,
-        VIRTUALMACHINEINSTANCE,
-        VirtualMachineInstanceReconciler(store, nodes, recorder),
-    )
+    vms, vmis = vm_controllers(store, nodes, recorder)
     async with asyncio.TaskGroup() as group:
         group.create_task(dvs.run(), name="controllers-datavolumes")
         group.create_task(vms.run(), name="controllers-virtualmachines")

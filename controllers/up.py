@@ -39,7 +39,7 @@ from aiohttp import web
 
 from cdi.service import ServiceSettings
 from cdi.service import create_app as create_importer_app
-from controllers.api.kinds import DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
+from controllers.api.kinds import DATAVOLUME
 from controllers.nodes import (
     NodeDirectory,
     forward_agent_events,
@@ -50,8 +50,7 @@ from controllers.nodes import (
 from controllers.reconcile import Controller, EventRecorder
 from controllers.reconcilers.datavolume import DataVolumeReconciler
 from controllers.reconcilers.service_importer import ServiceImporter
-from controllers.reconcilers.virtualmachine import VirtualMachineReconciler
-from controllers.reconcilers.vmi import VirtualMachineInstanceReconciler
+from controllers.reconcilers.wiring import vm_controllers
 from controllers.store.embedded import EmbeddedStore
 from controllers.store.leader import LeaderElector
 from controllers.store.protocol import Store
@@ -140,19 +139,7 @@ async def _reconcile(
         "datavolumes", store, DATAVOLUME, DataVolumeReconciler(store, importer, recorder)
     )
     importer.set_listener(dvs.enqueue)
-    vms = Controller(
-        "virtualmachines",
-        store,
-        VIRTUALMACHINE,
-        VirtualMachineReconciler(store, recorder),
-        owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
-    )
-    vmis = Controller(
-        "virtualmachineinstances",
-        store,
-        VIRTUALMACHINEINSTANCE,
-        VirtualMachineInstanceReconciler(store, nodes, recorder),
-    )
+    vms, vmis = vm_controllers(store, nodes, recorder)
     try:
         async with asyncio.TaskGroup() as group:
             runners = [

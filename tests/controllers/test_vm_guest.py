@@ -16,9 +16,10 @@ from controllers.api import DATAVOLUME, VIRTUALMACHINE, VIRTUALMACHINEINSTANCE
 from controllers.errors import NotFound
 from controllers.nodes import NodeDirectory, forward_agent_events, register_node
 from controllers.reconcile import Controller, EventRecorder
-from controllers.reconcilers import DataVolumeReconciler, VirtualMachineReconciler
+from controllers.reconcilers import DataVolumeReconciler
 from controllers.reconcilers.local_importer import LocalImporter
-from controllers.reconcilers.vmi import PAUSE_ANNOTATION, VirtualMachineInstanceReconciler
+from controllers.reconcilers.vmi import PAUSE_ANNOTATION
+from controllers.reconcilers.wiring import vm_controllers
 from controllers.store import EmbeddedStore
 from controllers.up import serving
 from virtnode import AccelInfo, AgentSettings, NodeAgent, VmNotFoundError
@@ -45,19 +46,7 @@ async def stack(
     recorder = EventRecorder(store)
     dvs = Controller("dv", store, DATAVOLUME, DataVolumeReconciler(store, importer, recorder))
     importer.set_listener(dvs.enqueue)
-    vms = Controller(
-        "vm",
-        store,
-        VIRTUALMACHINE,
-        VirtualMachineReconciler(store, recorder),
-        owns=(DATAVOLUME, VIRTUALMACHINEINSTANCE),
-    )
-    vmis = Controller(
-        "vmi",
-        store,
-        VIRTUALMACHINEINSTANCE,
-        VirtualMachineInstanceReconciler(store, nodes, recorder),
-    )
+    vms, vmis = vm_controllers(store, nodes, recorder)
     tasks = [
         asyncio.create_task(dvs.run(), name="dv-controller"),
         asyncio.create_task(vms.run(), name="vm-controller"),
