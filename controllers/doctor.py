@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from virtnode.accel import DEFAULT_EMULATOR, probe_accelerator
+from virtnode.accel import DEFAULT_EMULATOR, probe_accelerator, run_version
 from virtnode.errors import VirtnodeError
 from virtnode.tinyguest import GuestBuildError, check_host_inputs
 
@@ -87,25 +87,12 @@ async def _tool_version(tool: str, *, hard: bool, package: str) -> Check:
         status: Status = "missing" if hard else "warn"
         return Check(tool, status, f"not on PATH; install the {package} package", hard)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            tool,
-            "--version",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            async with asyncio.timeout(VERSION_TIMEOUT_S):
-                out, _ = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        exit_status, out = await run_version(tool, VERSION_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         return Check(tool, "missing" if hard else "warn", f"`{tool} --version` failed: {exc}", hard)
-    first = out.decode(errors="replace").strip().splitlines()[:1]
-    if proc.returncode != 0 or not first:
-        detail = f"`{tool} --version` exited with {proc.returncode}"
+    first = out.strip().splitlines()[:1]
+    if exit_status != 0 or not first:
+        detail = f"`{tool} --version` exited with {exit_status}"
         return Check(tool, "missing" if hard else "warn", detail, hard)
     return Check(tool, "ok", first[0], hard)
 

@@ -66,28 +66,37 @@ class AccelChoice:
         return ["-accel", "tcg"]
 
 
+async def run_version(tool: str, limit_s: float = VERSION_TIMEOUT_S) -> tuple[int, str]:
+    """(exit status, stdout and stderr) of ``TOOL --version``, killed after ``limit_s`` seconds.
+
+    Raises :class:`OSError` when the tool cannot run, :class:`TimeoutError` when it hangs.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        tool,
+        "--version",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(limit_s):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
 async def qemu_version(emulator: str = DEFAULT_EMULATOR) -> str:
     """``7.2.22`` from ``qemu-system-x86_64 --version``; :class:`LaunchError` if it cannot run."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            emulator,
-            "--version",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            async with asyncio.timeout(VERSION_TIMEOUT_S):
-                out, _ = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        status, out = await run_version(emulator)
     except OSError as exc:  # also TimeoutError
         raise LaunchError(f"{emulator} --version could not run: {exc}") from exc
-    match = re.search(r"version (\S+)", out.decode(errors="replace"))
-    if proc.returncode != 0 or match is None:
-        raise LaunchError(f"{emulator} --version exited with {proc.returncode} and no version")
+    match = re.search(r"version (\S+)", out)
+    if status != 0 or match is None:
+        raise LaunchError(f"{emulator} --version exited with {status} and no version")
     return match.group(1)
 
 
