@@ -4,7 +4,9 @@ then halts: Provisioning -> Running (guest ready line) -> Stopped."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,21 @@ async def test_data_written_by_the_guest_survives_a_restart(
     await store.delete(VIRTUALMACHINEINSTANCE, "default", "tiny")
     second, _ = await marker_count(agent, since_uid=uid)
     assert second == 2  # the DataVolume kept what the first boot wrote
+
+
+@pytest.mark.guest
+async def test_rerun_on_failure_boots_again_after_qemu_crashes(
+    stack: tuple[EmbeddedStore, NodeAgent], tiny_guest: TinyGuest
+) -> None:
+    store, agent = stack
+    spec = guest_vm(tiny_guest)
+    spec["spec"]["runStrategy"] = "RerunOnFailure"
+    await store.create(VIRTUALMACHINE, spec)
+    first, uid = await marker_count(agent)
+    assert first == 1
+    identity = agent.get("default", "tiny").identity
+    assert identity is not None
+    os.kill(identity.pid, signal.SIGKILL)  # a crash, not a guest poweroff
+    second, _ = await marker_count(agent, since_uid=uid)
+    assert second == 2  # a new VMI on the same DataVolume
+    await printable(store, "Running")  # and a good run ends the crash loop
