@@ -90,7 +90,9 @@ async def _next_snapshot(
 ) -> JsonObject:
     while True:
         try:
-            return await asyncio.wait_for(queue.get(), service.settings.events_heartbeat_seconds)
+            # not wait_for: on 3.11 it can swallow a cancellation as the queue yields
+            async with asyncio.timeout(service.settings.events_heartbeat_seconds):
+                return await queue.get()
         except TimeoutError:
             await response.write(b": keep-alive\n\n")
 

@@ -202,7 +202,10 @@ class EmbeddedStore:
                 last = max(last, int(event.resource_version))
             while True:
                 try:
-                    item = await asyncio.wait_for(watcher.queue.get(), EXTERNAL_CHECK_S)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that lands as the queue yields, and the watch never ends.
+                    async with asyncio.timeout(EXTERNAL_CHECK_S):
+                        item = await watcher.queue.get()
                 except TimeoutError:
                     for event in await self._run(self._external, watcher, last, count=False):
                         last = max(last, int(event.resource_version))
