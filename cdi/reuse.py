@@ -18,14 +18,18 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from cdi import diskcopy
 from cdi.errors import ImageTooLarge, VolumeError
 from cdi.sources.base import Source
-from cdi.sources.registry import RegistrySource
 from cdi.volumes import ImageRecord, Volume, VolumePool
 from cdi.writer import human
+
+if TYPE_CHECKING:
+    from cdi.sources.registry import RegistrySource
 
 
 @dataclass(frozen=True)
@@ -48,23 +52,35 @@ async def reuse_image(
     return Cloned(donor.key, image.virtual_size, image.disk_size)
 
 
+def _registry_source(source: Source) -> RegistrySource | None:
+    """``source`` when it is a registry source. The source factory imports that module
+    (and containerdisk behind it) only for registry sources, so when it is not loaded the
+    source cannot be one, and other imports do not pay for loading it here."""
+    module = sys.modules.get("cdi.sources.registry")
+    if module is None or not isinstance(source, module.RegistrySource):
+        return None
+    return cast("RegistrySource", source)
+
+
 def record_image(source: Source, volume: Volume, virtual_size: int) -> None:
     """After a successful registry import: note the image on the volume."""
-    if not isinstance(source, RegistrySource) or volume.is_block():
+    registry = _registry_source(source)
+    if registry is None or volume.is_block():
         return
-    if source.manifest_digest is not None:
-        volume.record_image(str(source.reference), source.manifest_digest, virtual_size)
+    if registry.manifest_digest is not None:
+        volume.record_image(str(registry.reference), registry.manifest_digest, virtual_size)
 
 
 async def find_donor(
     pool: VolumePool, volume: Volume, source: Source, *, has_checksum: bool
 ) -> tuple[Volume, ImageRecord] | None:
     """The volume to clone instead of pulling ``source``, or None."""
-    if not isinstance(source, RegistrySource) or volume.is_block() or has_checksum:
+    registry = _registry_source(source)
+    if registry is None or volume.is_block() or has_checksum:
         return None
     if not await asyncio.to_thread(pool.has_images, volume.key):
         return None  # nothing to reuse: skip the extra manifest request
-    digest = await source.resolve()
+    digest = await registry.resolve()
     donor = await asyncio.to_thread(pool.find_image, digest, exclude=volume.key)
     image = donor.image() if donor is not None else None
     if donor is None or image is None:
