@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Generator
 from typing import IO, Any, Literal, cast
 
 import zstandard
@@ -29,6 +30,7 @@ ZSTD_LEVEL = 3
 OUTPUT_PIECE = 1024 * 1024
 OUTPUT_BATCH = 4  # pieces handed over per thread hop (one batch out, the next being made: 8 MiB)
 _INPUT_QUEUE = 4
+WAKE_INTERVAL = 0.1  # seconds a blocked decompress-side wait sleeps before checking for close
 _GZIP_ERROR = cast(type[Exception], zlib.error)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -53,18 +55,53 @@ def sniff(head: bytes) -> Compression:
     return "none"
 
 
-class _QueueReader:
-    """A blocking file-like over a queue of chunks; None ends it."""
+class _InputClosed(Exception):
+    """The inbox was closed while the decompress thread waited on it."""
 
-    def __init__(self, source: queue.Queue[bytes | None]) -> None:
-        self._queue = source
+
+class _Inbox:
+    """Compressed chunks from the event loop to the decompress thread.
+
+    A bounded queue with a file-like ``read`` for the thread side. ``None``
+    ends the input; ``close`` abandons it. Both blocking sides wait in
+    :data:`WAKE_INTERVAL` slices and give up once closed, so no thread can
+    outlive its stream, whatever order the two sides stop in (a loop that is
+    torn down cancels tasks before it closes async generators).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_INPUT_QUEUE)
+        self._closed = threading.Event()
         self._buffer = b""
         self._pos = 0
         self._eof = False
 
+    def close(self) -> None:
+        self._closed.set()
+
+    def put(self, item: bytes | None) -> None:
+        """Thread side of the producer: wait for room, unless the inbox is closed."""
+        while not self._closed.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=WAKE_INTERVAL)
+                return
+        raise _InputClosed
+
+    def put_nowait(self, item: bytes | None) -> bool:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            return False
+        return True
+
     def read(self, size: int = -1) -> bytes:
         while self._pos >= len(self._buffer) and not self._eof:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=WAKE_INTERVAL)
+            except queue.Empty:
+                if self._closed.is_set():
+                    raise _InputClosed from None
+                continue
             if item is None:
                 self._eof = True
             else:
@@ -79,7 +116,7 @@ class _QueueReader:
         return out
 
 
-def _gunzip(reader: _QueueReader) -> Iterator[bytes]:
+def _gunzip(reader: _Inbox) -> Generator[bytes, None, None]:
     dec = zlib.decompressobj(31)
     while True:
         data = dec.unconsumed_tail or dec.unused_data or reader.read(OUTPUT_PIECE)
@@ -97,7 +134,7 @@ def _gunzip(reader: _QueueReader) -> Iterator[bytes]:
             yield out
 
 
-def _unzstd(reader: _QueueReader) -> Iterator[bytes]:
+def _unzstd(reader: _Inbox) -> Generator[bytes, None, None]:
     dctx = zstandard.ZstdDecompressor()
     with dctx.stream_reader(
         cast(IO[bytes], reader), read_size=OUTPUT_PIECE, read_across_frames=True
@@ -125,55 +162,52 @@ async def decompress(
             if aclose is not None:
                 await aclose()
         return
-    inbox: queue.Queue[bytes | None] = queue.Queue(maxsize=_INPUT_QUEUE)
-    reader = _QueueReader(inbox)
-    gen = _gunzip(reader) if compression == "gzip" else _unzstd(reader)
+    inbox = _Inbox()
+    gen = _gunzip(inbox) if compression == "gzip" else _unzstd(inbox)
 
     async def feed() -> None:
-        async for chunk in source:
-            await _put(inbox, chunk)
-        await _put(inbox, None)
+        try:
+            async for chunk in source:
+                await _put(inbox, chunk)
+            await _put(inbox, None)
+        except BaseException:
+            inbox.close()  # the thread stops waiting for input that will not come
+            raise
 
+    loop = asyncio.get_running_loop()
     feeder = asyncio.create_task(feed(), name="containerdisk-decompress-feed")
+    # A plain executor future, not a task: it stays tied to its thread even if
+    # the loop's teardown cancels every task first. Shielded for the same reason.
     pending: asyncio.Future[list[bytes]] | None = None
     try:
-        pending = asyncio.ensure_future(asyncio.to_thread(_next_batch, gen))
+        pending = loop.run_in_executor(None, _next_batch, gen)
         while pending is not None:
-            while not pending.done():
-                waiters: set[asyncio.Future[Any]] = {pending}
-                if not feeder.done():
-                    waiters.add(feeder)
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
-                    _unblock(inbox)
-                    await asyncio.wait({pending})
-                    feeder.result()  # the source's own error wins
-            batch = pending.result()
+            try:
+                batch = await asyncio.shield(pending)
+            except _InputClosed:
+                await feeder  # the source's own error is the one to report
+                raise
             pending = None
             if len(batch) == OUTPUT_BATCH:  # more may follow: decompress it while we hand out
-                pending = asyncio.ensure_future(asyncio.to_thread(_next_batch, gen))
+                pending = loop.run_in_executor(None, _next_batch, gen)
             for piece in batch:
                 yield piece
         await feeder
     finally:
+        inbox.close()
         feeder.cancel()
-        while not feeder.done():
-            _unblock(inbox)
-            await asyncio.wait({feeder}, timeout=0.05)
-        if not feeder.cancelled():
-            feeder.exception()  # retrieved: the caller has stopped reading, or already raised it
-        if pending is not None:
-            if not pending.done():
-                _unblock(inbox)
-                await asyncio.wait({pending})
-            if not pending.cancelled():
-                pending.exception()  # the batch we decompressed ahead is not wanted
+        waits: set[asyncio.Future[Any]] = {feeder} if pending is None else {feeder, pending}
+        await asyncio.wait(waits)  # bounded: a closed inbox frees both within WAKE_INTERVAL
+        for done in waits:
+            if not done.cancelled():
+                done.exception()  # retrieved: the caller has stopped reading, or already raised it
+        gen.close()  # no thread runs it any more
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()  # the source is ours to end, wherever the feeder stopped
 
 
-def _next_batch(gen: Iterator[bytes]) -> list[bytes]:
+def _next_batch(gen: Generator[bytes, None, None]) -> list[bytes]:
     """Up to OUTPUT_BATCH pieces per thread hop; fewer only at the end of the stream."""
     out: list[bytes] = []
     for piece in gen:
@@ -183,17 +217,6 @@ def _next_batch(gen: Iterator[bytes]) -> list[bytes]:
     return out
 
 
-async def _put(inbox: queue.Queue[bytes | None], item: bytes | None) -> None:
-    try:
-        inbox.put_nowait(item)  # the usual case: no thread hop
-    except queue.Full:
+async def _put(inbox: _Inbox, item: bytes | None) -> None:
+    if not inbox.put_nowait(item):  # the usual case: no thread hop
         await asyncio.to_thread(inbox.put, item)
-
-
-def _unblock(inbox: queue.Queue[bytes | None]) -> None:
-    """Free a thread blocked putting into or getting from the queue: drain it, then end it."""
-    with contextlib.suppress(queue.Empty):
-        while True:
-            inbox.get_nowait()
-    with contextlib.suppress(queue.Full):
-        inbox.put_nowait(None)

@@ -45,15 +45,7 @@ def _monotonic_reads(events: list[Progress]) -> bool:
     ("options", "drop_layer"),
     [
         ({"format": "artifact", "compression": "none", "segment_size": 1 * MiB}, 2),
-        pytest.param(
-            {},
-            0,
-            marks=pytest.mark.skip(
-                reason="known intermittent hang under CPU load: after repeated cuts of a gzip"
-                " layer a decompress thread stays blocked on its input queue and the loop's"
-                " executor shutdown never returns; see the session's closing note"
-            ),
-        ),
+        ({}, 0),
     ],
     ids=["artifact-segments", "containerdisk-gzip"],
 )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import AsyncIterator
 
@@ -173,6 +176,81 @@ async def test_corrupt_zstd_is_an_unsafe_layer() -> None:
     with pytest.raises(containerdisk.UnsafeLayer):
         async for _ in decompress(_aiter([blob]), "zstd"):
             pass
+
+
+class _SourceCut(Exception):
+    pass
+
+
+async def _cut_after(
+    pieces: list[bytes], gate: asyncio.Event | None = None
+) -> AsyncIterator[bytes]:
+    for p in pieces:
+        yield p
+    if gate is not None:
+        await gate.wait()
+    raise _SourceCut
+
+
+@pytest.mark.parametrize("slow_reader", [False, True], ids=["fast-reader", "slow-reader"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+async def test_a_failing_source_reports_its_own_error_not_a_truncated_stream(
+    compression: str, slow_reader: bool
+) -> None:
+    # Part of a stream, then the source fails: the caller must see the
+    # source's (retryable) error, never the decoder's "stream ends early"
+    # (final), and must not wait for ever. A slow reader lets the failure land
+    # while pieces are being handed out rather than while a batch is decoded.
+    plain = [os.urandom(256 * 1024) + bytes(8 * 1024 * 1024) for _ in range(4)]
+    blob = b"".join(compress_block(compression, p) for p in plain)  # type: ignore[arg-type]
+    part = [blob[i : i + 65536] for i in range(0, len(blob) * 3 // 4, 65536)]
+
+    async def read_all() -> None:
+        async for _ in decompress(_cut_after(part), compression):  # type: ignore[arg-type]
+            if slow_reader:
+                await asyncio.sleep(0.01)
+
+    for _ in range(3):
+        async with asyncio.timeout(30):
+            with pytest.raises(_SourceCut):
+                await read_all()
+
+
+_ABANDON = """
+import asyncio, os, sys
+from containerdisk.codecs import compress_block, decompress
+
+async def source(pieces):
+    for p in pieces:
+        yield p
+    await asyncio.Event().wait()  # a source that stalls for ever
+
+async def main(compression):
+    blob = compress_block(compression, os.urandom(2 * 1024 * 1024))
+    pieces = [blob[i : i + 65536] for i in range(0, len(blob) // 2, 65536)]
+
+    async def drain():
+        async for _ in decompress(source(pieces), compression):
+            pass
+
+    reading = asyncio.create_task(drain())
+    await asyncio.sleep(0.3)  # all input decoded: the thread waits for more
+    assert not reading.done()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_loop_torn_down_mid_stream_leaves_no_thread_waiting(compression: str) -> None:
+    # asyncio.run cancels every task before it closes async generators, then
+    # joins its executor: a decompress thread still waiting for input would
+    # hang it (and the interpreter's exit) for ever. A subprocess, so that a
+    # regression fails this test instead of hanging the suite.
+    try:
+        subprocess.run([sys.executable, "-c", _ABANDON, compression], check=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("asyncio.run did not return: a decompress thread is stuck on its input")
 
 
 # -- tar -----------------------------------------------------------------------------------
