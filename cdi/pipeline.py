@@ -239,7 +239,7 @@ class ImportJob:
             what=self.what,
         )
         if vol.is_block() and not resuming:
-            writer.zero_all(vol.usable_size)
+            writer.zero_range(0, vol.usable_size)
         self.writer = writer
         return writer
 
@@ -445,6 +445,10 @@ class ImportJob:
             block_device=self.volume.is_block(),
             what=self.what,
         )
+        if self.volume.is_block():  # qemu-img wrote the virtual size; old data may follow
+            await asyncio.to_thread(
+                self.writer.zero_range, image.virtual_size, self.volume.usable_size
+            )
         await asyncio.to_thread(scratch.unlink, missing_ok=True)
 
     # Finish ------------------------------------------------------------------------

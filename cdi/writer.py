@@ -131,11 +131,11 @@ class RawWriter:
         if not punch_hole(self.fd, offset, length):
             self._pwrite(memoryview(bytes(length)), offset)
 
-    def zero_all(self, size: int) -> None:
-        """Make [0, size) read as zeros before a non-fresh target is filled sparsely."""
-        if not punch_hole(self.fd, 0, size):
-            for start in range(0, size, 16 * MiB):
-                self._pwrite(memoryview(bytes(min(16 * MiB, size - start))), start)
+    def zero_range(self, start: int, end: int) -> None:
+        """Make [start, end) read as zeros (a non-fresh target: a block device)."""
+        if end > start and not punch_hole(self.fd, start, end - start):
+            for offset in range(start, end, 16 * MiB):
+                self._pwrite(memoryview(bytes(min(16 * MiB, end - offset))), offset)
 
     def resize(self, size: int) -> None:
         if not self.block_device:

@@ -21,8 +21,14 @@ from tests.cdi.conftest import convert, same_disk
 from tests.support.http_server import Faults, FileServer
 
 
+@pytest.mark.parametrize("fmt", ["qcow2", "vmdk"])  # native reader; qemu-img convert
 async def test_block_volume_is_zeroed_and_filled(
-    http_server: FileServer, pool: VolumePool, settings: ImportSettings, base: Path, tmp_path: Path
+    http_server: FileServer,
+    pool: VolumePool,
+    settings: ImportSettings,
+    base: Path,
+    tmp_path: Path,
+    fmt: str,
 ) -> None:
     # A regular file standing in for a block device (no loop devices here); it
     # starts full of 0xff so every byte the import does not write must be zeroed.
@@ -30,13 +36,14 @@ async def test_block_volume_is_zeroed_and_filled(
     device.write_bytes(b"\xff" * (16 * MiB))
     volume = pool.create_block("ns", "blk", device)
     assert volume.usable_size == 16 * MiB  # no filesystem overhead on block
-    image = convert(base, "qcow2", tmp_path / "d.qcow2")
-    (http_server.root / "d.qcow2").write_bytes(image.read_bytes())
-    source = SourceSpec(kind="http", url=http_server.url("d.qcow2"))
+    image = convert(base, fmt, tmp_path / f"d.{fmt}")
+    (http_server.root / image.name).write_bytes(image.read_bytes())
+    source = SourceSpec(kind="http", url=http_server.url(image.name))
     result = await run_import(pool, ImportRequest("ns", "blk", 16 * MiB, source), settings=settings)
     assert result.volume.disk_path == device.resolve()
     assert same_disk(base, result.volume)
     assert device.stat().st_size == 16 * MiB
+    assert device.read_bytes()[base.stat().st_size :].count(0) == 16 * MiB - base.stat().st_size
     assert pool.get("ns", "blk").state() == "Ready"
     assert not (volume.directory / "disk.img").exists()
 
