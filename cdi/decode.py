@@ -18,9 +18,9 @@ from cdi.writer import BLOCK, RawWriter
 class OffsetWriter:
     """Writes a stream at increasing offsets through a sparse-aware ``RawWriter``."""
 
-    def __init__(self, writer: RawWriter) -> None:
+    def __init__(self, writer: RawWriter, offset: int = 0) -> None:
         self.writer = writer
-        self.offset = 0  # bytes received
+        self.offset = offset  # bytes received (``offset``: already on disk from an earlier run)
         self.written = 0
         self._pending = bytearray()  # keeps writes block-aligned so zero blocks are found
 
@@ -38,6 +38,12 @@ class OffsetWriter:
             start = self.offset - len(self._pending)
             self.written += self.writer.write(start, self._pending)
             self._pending.clear()
+
+    def checkpoint(self) -> int:
+        """Write and fdatasync everything received; the offset now durable."""
+        self.flush()
+        self.writer.datasync()
+        return self.offset
 
 
 class DecodeChain:
@@ -63,6 +69,14 @@ class DecodeChain:
         self._flushes: list[Callable[[], None]] = []
         self._entry: Callable[[bytes], None] = self._sniffer(0)
         self._decompressors: list[StreamDecompressor] = []
+
+    @classmethod
+    def resumed(cls, what: str, fmt: Format, head: bytes, target: OffsetWriter) -> DecodeChain:
+        """A chain that carries on an uncompressed stream ``target`` already holds a prefix of."""
+        chain = cls(what, lambda _fmt, _head: target)
+        chain.inner_format, chain.inner_head, chain.target = fmt, head, target
+        chain._entry, chain._flushes = target.feed, []
+        return chain
 
     def feed(self, data: bytes) -> int:
         before = self.target.written if self.target else 0

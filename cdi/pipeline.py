@@ -16,6 +16,7 @@ import asyncio
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ class ImportJob:
             await source.aclose()
             await self._quiesce()
             self._close_writer()
-            shutil.rmtree(self.volume.workdir, ignore_errors=True)
+            self._clean_workdir()
         checksum = str(self.hasher.actual()) if self.hasher else None
         written = self.tracker.snapshot.bytes_written
         return ImportResult(
@@ -155,6 +156,16 @@ class ImportJob:
             time.monotonic() - started,
             self.reused_from,
         )
+
+    def _clean_workdir(self) -> None:
+        """Remove the work files, except a scratch copy a journal will resume into."""
+        keep = self.volume.workdir / SCRATCH
+        if not (self.volume.journal_path.exists() and keep.exists()):
+            shutil.rmtree(self.volume.workdir, ignore_errors=True)
+            return
+        for path in self.volume.workdir.iterdir():
+            if path != keep:
+                path.unlink(missing_ok=True)
 
     # Persistent containerDisk ----------------------------------------------------------
     async def _reuse(self, source: Source) -> bool:
@@ -243,8 +254,10 @@ class ImportJob:
         self.writer = writer
         return writer
 
-    def _journal(self, info: SourceInfo, plan: str) -> tuple[Journal | None, bool]:
-        """The journal for this plan; a matching old one means we resume."""
+    def _journal(
+        self, info: SourceInfo, plan: str, target: Path | None = None
+    ) -> tuple[Journal | None, bool]:
+        """The journal for this plan; a matching old one (and its target) means we resume."""
         if info.validator is None:
             return None, False
         identity: dict[str, object] = {
@@ -255,7 +268,9 @@ class ImportJob:
             "volume_usable": self.volume.usable_size,
         }
         old = Journal.load(self.volume.journal_path, identity)
-        if old is not None and (self.volume.is_block() or self.volume.partial_path.exists()):
+        target = target or self.volume.partial_path
+        on_disk = self.volume.is_block() and target == self.volume.partial_path
+        if old is not None and (on_disk or target.exists()):
             self.resumed = True
             return old, True
         self.volume.journal_path.unlink(missing_ok=True)
@@ -326,9 +341,8 @@ class ImportJob:
         """vmdk/vdi/vhd/vhdx over ranges: a sparse, resumable scratch copy, then convert."""
         assert info.size is not None
         scratch = self._scratch_limit_check(info.size)
-        writer = RawWriter(
-            scratch, self.volume.capacity, fresh=True, block_device=False, what=self.what
-        )
+        scratch.unlink(missing_ok=True)  # a kill's leftover: fresh writes skip zeros
+        writer = self._scratch_writer(scratch)
         try:
             ranges = split(info.size, self.settings.chunk_size)
             self.tracker.set_total(info.size)
@@ -365,7 +379,8 @@ class ImportJob:
 
     # Sequential route --------------------------------------------------------------
     async def _sequential(self, source: Source, info: SourceInfo) -> None:
-        self.tracker.set_total(info.size)
+        journal, start = self._stream_journal(info)
+        self.tracker.set_total(info.size, already_read=start)
         self.tracker.phase("transfer")
         state: dict[str, DecodeChain] = {}
 
@@ -376,17 +391,24 @@ class ImportJob:
             self._close_writer()
             state["chain"] = DecodeChain(self.what, self._stream_target)
 
-        new_chain()
+        if start:
+            state["chain"] = self._resumed_chain(info, start)
+        else:
+            new_chain()
+        feed: Callable[[bytes], int] = lambda d: state["chain"].feed(d)  # noqa: E731
+        if journal is not None:
+            feed = _checkpointing(feed, lambda: state["chain"].target, journal, self.settings)
         await SequentialTransfer(
             source,
             info.size,
             info.supports_ranges or info.resumable,
-            lambda d: state["chain"].feed(d),
+            feed,
             new_chain,
             settings=self.settings,
             tracker=self.tracker,
             executor=self.executor,
             hasher=self.hasher,
+            start=start,
         ).run()
         chain = state["chain"]
         self.tracker.add(written=await asyncio.to_thread(chain.finish))
@@ -399,15 +421,38 @@ class ImportJob:
         chain.target.writer.close()
         await self._from_scratch(self.volume.workdir / SCRATCH, fmt, chain.inner_head)
 
+    def _stream_journal(self, info: SourceInfo) -> tuple[Journal | None, int]:
+        """A journal for a stream that can continue after a kill, and where to continue.
+
+        Only uncompressed streams from a source that continues at an offset
+        (registry disks) and without a checksum: a decompressor's or a hash's
+        state cannot be saved, so those start over after a kill.
+        """
+        if not info.resumable or self.hasher is not None or detect_compression(info.head):
+            return None, 0
+        journal, resuming = self._journal(info, "stream", self._stream_path(info))
+        if journal is None or not resuming or not journal.done or journal.done[0][0] != 0:
+            return journal, 0
+        return journal, journal.done[0][1]
+
+    def _stream_path(self, info: SourceInfo) -> Path:
+        raw = detect_format(info.head) in ("raw", "iso")
+        return self.volume.partial_path if raw else self.volume.workdir / SCRATCH
+
+    def _resumed_chain(self, info: SourceInfo, start: int) -> DecodeChain:
+        fmt = detect_format(info.head)
+        if fmt in ("raw", "iso"):
+            writer = self._open_disk(resuming=True)
+        else:
+            writer = self._scratch_writer(self._stream_path(info))
+        return DecodeChain.resumed(self.what, fmt, info.head, OffsetWriter(writer, start))
+
     def _stream_target(self, fmt: Format, head: bytes) -> OffsetWriter:
         if fmt in ("raw", "iso"):
             return OffsetWriter(self._open_disk(resuming=False))
         scratch = self.volume.workdir / SCRATCH
         scratch.unlink(missing_ok=True)
-        writer = RawWriter(
-            scratch, self.volume.capacity, fresh=True, block_device=False, what=self.what
-        )
-        return OffsetWriter(writer)
+        return OffsetWriter(self._scratch_writer(scratch))
 
     # Scratch second stage ------------------------------------------------------------
     async def _from_scratch(self, scratch: Path, fmt: Format, head: bytes) -> None:
@@ -511,3 +556,29 @@ def _write_probe(path: Path, head: bytes, size: int) -> None:
     with path.open("wb") as handle:
         handle.write(head)
         handle.truncate(max(size, len(head)))
+
+
+def _checkpointing(
+    feed: Callable[[bytes], int],
+    target: Callable[[], OffsetWriter | None],
+    journal: Journal,
+    settings: ImportSettings,
+) -> Callable[[bytes], int]:
+    """``feed`` that also journals the durable offset every ``journal_interval``.
+
+    It runs on the decode thread between feeds, so the offset it saves is
+    exactly what was fed and fdatasync'd, never a write in flight.
+    """
+    last = time.monotonic()
+
+    def feed_and_checkpoint(data: bytes) -> int:
+        nonlocal last
+        written = feed(data)
+        writer = target()
+        if writer is not None and time.monotonic() - last >= settings.journal_interval:
+            journal.done = [(0, writer.checkpoint())]
+            journal.save()
+            last = time.monotonic()
+        return written
+
+    return feed_and_checkpoint

@@ -3,7 +3,8 @@
 A ranged import saves what its probe learned (size, Range support,
 validator and the 64 KiB head) in ``<volume>/import.probe.json`` when it
 starts its journal. A later run whose source can revalidate cheaply (HTTP:
-one HEAD, no body) and still shows the same size and validator reuses the
+one HEAD, no body; a registry: one manifest request) and still shows the
+same size and validator reuses the
 saved head instead of fetching bytes ``0-65535`` again; the ranged GETs that
 follow carry ``If-Range`` as always, so a change in between is still caught.
 The file goes with the journal (success, final failure, discard).
@@ -39,6 +40,7 @@ def save(directory: Path, source: str, info: SourceInfo) -> None:
         "size": info.size,
         "supportsRanges": info.supports_ranges,
         "validator": info.validator,
+        "resumable": info.resumable,
         "head": base64.b64encode(info.head).decode(),
     }
     tmp = directory / (PROBE_FILE + ".tmp")
@@ -58,6 +60,7 @@ def load(directory: Path, source: str) -> SourceInfo | None:
             bool(data["supportsRanges"]),
             str(data["validator"]) if data["validator"] is not None else None,
             base64.b64decode(str(data["head"])),
+            resumable=bool(data.get("resumable", False)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -302,6 +302,7 @@ class SequentialTransfer:
         tracker: ProgressTracker,
         executor: ThreadPoolExecutor,
         hasher: StreamHasher | None,
+        start: int = 0,
     ) -> None:
         self._source = source
         self._size = size
@@ -312,7 +313,7 @@ class SequentialTransfer:
         self._tracker = tracker
         self._executor = executor
         self._hasher = hasher
-        self.position = 0
+        self.position = start  # > 0: an earlier run's bytes are on disk (see ImportJob)
 
     async def run(self) -> None:
         budget = RetryBudget(self._settings)

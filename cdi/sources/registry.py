@@ -101,6 +101,13 @@ class RegistrySource:
             resumable=True,
         )
 
+    async def revalidate(self, saved: SourceInfo) -> SourceInfo | None:
+        """One manifest request: ``saved`` if the reference still names that image."""
+        if saved.validator is None or not saved.validator.startswith("digest:"):
+            return None
+        digest = await self.resolve()
+        return saved if f"digest:{digest}" == saved.validator else None
+
     async def stream(self, start: int, end: int | None) -> AsyncGenerator[bytes, None]:
         """The disk from ``start`` on (``end`` must be None: no random ranges).
 

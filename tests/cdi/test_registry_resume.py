@@ -1,4 +1,4 @@
-"""A registry blob download that keeps dropping resumes at the offset reached within the run.
+"""A registry import resumes: after dropped blob downloads within the run, and after a kill.
 
 containerdisk continues a cut blob itself with Range requests, up to its
 retry budget (``RegistrySettings.retry_attempts``, 5 cuts); the proxy cuts
@@ -8,7 +8,9 @@ re-opens the image at the offset reached instead of starting over.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import pytest
 
 import containerdisk
 from cdi import ImportRequest, ImportSettings, MiB, Progress, SourceSpec, VolumePool, run_import
-from tests.cdi.conftest import same_disk
+from tests.cdi.conftest import convert, make_base, same_disk
+from tests.cdi.test_resume import diskplane, wait_for_journal
 from tests.support.faultproxy import FaultyRegistry
 
 KiB = 1024
@@ -81,3 +84,51 @@ async def test_dropped_blob_download_resumes(
     if len(layers) > 1:  # segments finished before the drop are not fetched again
         for digest in layers[:drop_layer]:
             assert len([r for r in gets if r.path.endswith(digest)]) == 1
+
+
+def _segment_gets(registry: FaultyRegistry, digests: list[str]) -> dict[int, int]:
+    gets = [r.path for r in registry.log if r.method == "GET" and "/blobs/" in r.path]
+    return {i: sum(p.endswith(d) for p in gets) for i, d in enumerate(digests)}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("disk_format", ["raw", "qcow2"])  # into the volume; via a scratch copy
+async def test_killed_registry_import_resumes_when_rerun(
+    registry_faulty: FaultyRegistry, tmp_path: Path, disk_format: str, sig: signal.Signals
+) -> None:
+    # An 8-segment artifact; every blob GET is slowed so the first run is
+    # caught half-way. The rerun fetches no segment that ended before the
+    # journalled offset (the one in flight is re-read: its digest covers it).
+    base = make_base(tmp_path / "big.raw", size=8 * MiB, seed=5)
+    disk = base if disk_format == "raw" else convert(base, "qcow2", tmp_path / "big.qcow2")
+    ref = await _push(
+        registry_faulty, disk, "disks/killed", format="artifact", segment_size=1 * MiB
+    )
+    segments = await _layer_digests(ref)
+    registry_faulty.delay("GET", "/blobs/", 0.4, times=100)
+    data_dir = tmp_path / "data"
+    journal = data_dir / "volumes" / "ns" / "d" / "import.journal.json"
+    proc = diskplane(data_dir, f"docker://{ref}")
+    try:
+        done = await asyncio.to_thread(wait_for_journal, journal, 2 * MiB)
+        proc.send_signal(sig)
+        _out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+    assert journal.exists(), err
+    registry_faulty.proxy.reset()
+    rerun = diskplane(data_dir, f"docker://{ref}")
+    out, err = await asyncio.to_thread(rerun.communicate, timeout=60)
+    assert rerun.returncode == 0, err
+    assert "resumed" in out
+    volume = VolumePool.for_data_dir(data_dir).get("ns", "d")
+    assert same_disk(base, volume)
+    gets = _segment_gets(registry_faulty, segments)
+    stored = disk.stat().st_size
+    for index, count in gets.items():
+        end = min((index + 1) * MiB, stored)
+        assert count == (0 if end <= done else 1), (index, done, gets)

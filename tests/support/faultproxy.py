@@ -11,7 +11,9 @@ rule matches the request's method and path:
   interrupted upload);
 - ``drop_response_after(method, path_regex, nbytes, times=1)``: forward the
   response headers and ``nbytes`` of its body, then close the client
-  connection (an interrupted download).
+  connection (an interrupted download);
+- ``delay(method, path_regex, seconds, times=1)``: wait ``seconds`` before
+  forwarding (a slow link, to catch a transfer half-way).
 
 Rules are tried in the order they were added; an exhausted rule is skipped.
 The client's ``Host`` header is passed upstream, so absolute ``Location``
@@ -25,6 +27,7 @@ the test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import threading
@@ -61,10 +64,11 @@ _HOP_BY_HOP = frozenset(
 class ProxyRule:
     method: str  # "*" matches any method
     path_regex: str
-    kind: Literal["status", "drop_request", "drop_response"]
+    kind: Literal["status", "drop_request", "drop_response", "delay"]
     times: int
     status: int = 503
     nbytes: int = 0
+    seconds: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -121,6 +125,9 @@ class FaultProxy:
     ) -> None:
         self._add(ProxyRule(method, path_regex, "drop_response", times, nbytes=nbytes))
 
+    def delay(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
+        self._add(ProxyRule(method, path_regex, "delay", times, seconds=seconds))
+
     def clear_faults(self) -> None:
         with self._state.lock:
             self._state.rules.clear()
@@ -160,6 +167,8 @@ class FaultProxy:
         if rule is not None and rule.kind == "status":
             record.status = rule.status
             return web.Response(status=rule.status, text="injected fault\n")
+        if rule is not None and rule.kind == "delay":
+            await asyncio.sleep(rule.seconds)
         assert self._session is not None
         request_limit = rule.nbytes if rule and rule.kind == "drop_request" else None
         try:
@@ -268,6 +277,9 @@ class FaultyRegistry:
         self, method: str, path_regex: str, nbytes: int, times: int = 1
     ) -> None:
         self.proxy.drop_response_after(method, path_regex, nbytes, times)
+
+    def delay(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
+        self.proxy.delay(method, path_regex, seconds, times)
 
     @property
     def log(self) -> list[ProxyRecord]:
