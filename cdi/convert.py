@@ -7,11 +7,12 @@ import resource
 from pathlib import Path
 
 from cdi.errors import ConversionFailed
+from cdi.safety import QemuInput
 from cdi.settings import ImportSettings
 
 
 async def qemu_img_convert(
-    scratch: Path,
+    image: QemuInput,
     fmt: str,
     target: Path,
     *,
@@ -19,11 +20,11 @@ async def qemu_img_convert(
     settings: ImportSettings,
     what: str,
 ) -> None:
-    """Convert ``scratch`` (a file we named, explicit ``-f``) into the raw ``target``."""
-    argv = ["qemu-img", "convert", "-q", "-f", fmt, "-O", "raw", "-W", "-m", "8"]
+    """Convert ``image`` (a file we named, explicit ``-f``; or our NBD export) to raw ``target``."""
+    argv = ["qemu-img", "convert", "-q", "-O", "raw", "-W", "-m", "8"]
     if block_device:
         argv.append("-n")
-    argv += [scratch.name, str(target)]
+    argv += [*image.argv(fmt), str(target)]
     memory = settings.qemu_img_memory_bytes * 2
 
     def limit() -> None:
@@ -31,7 +32,7 @@ async def qemu_img_convert(
 
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        cwd=scratch.parent,
+        cwd=image.cwd or target.parent,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=limit,

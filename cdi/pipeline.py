@@ -4,6 +4,9 @@ Routes by what the probe finds:
 
 - raw/iso from a range-capable source of known size: concurrent ranges, resumable;
 - qcow2 from a range-capable source: the native reader, resumable;
+- vmdk/vdi/vhd/vhdx from a range-capable source: ``qemu-img convert`` reading
+  the source in place through our NBD export (a scratch copy when a checksum
+  is asked for);
 - anything else that streams (no Range, compressed, registry): the sequential
   decode chain into the volume (raw inside) or into a scratch copy;
 - scratch copies (vmdk, vdi, vhd, vhdx, qcow2 behind a stream) then go through
@@ -26,8 +29,10 @@ from cdi.checksum import StreamHasher
 from cdi.convert import qemu_img_convert
 from cdi.decode import DecodeChain, OffsetWriter
 from cdi.errors import (
+    ConversionFailed,
     FinalImportError,
     ImageTooLarge,
+    ImportError,
     InvalidImage,
     VolumeExists,
     VolumeNotFound,
@@ -35,6 +40,7 @@ from cdi.errors import (
 from cdi.formats import qcow2
 from cdi.formats.detect import Format, detect_compression, detect_format
 from cdi.journal import Journal
+from cdi.nbd import ChunkCache, NbdExport
 from cdi.progress import ProgressCallback, ProgressTracker
 from cdi.request import ImportRequest
 from cdi.reuse import record_image, reuse_image
@@ -201,6 +207,8 @@ class ImportJob:
                     return await self._ranged_raw(source, info)
                 if fmt == "qcow2":
                     return await self._ranged_qcow2(source, info, hashing=True)
+                if self.hasher is None:
+                    return await self._ranged_export(source, info, fmt)
                 return await self._ranged_scratch(source, info, fmt)
         await self._sequential(source, info)
 
@@ -337,6 +345,38 @@ class ImportJob:
 
         await self._run_ranged(source, ranges, handle, journal, writer, None, hasher)
 
+    async def _ranged_export(self, source: Source, info: SourceInfo, fmt: Format) -> None:
+        """vmdk/vdi/vhd/vhdx over ranges: qemu-img reads the source in place (cdi/nbd.py).
+
+        No scratch copy: the source is served as a read-only NBD export whose
+        reads are cached, read-ahead ranged fetches. (With a checksum the
+        scratch route is taken: qemu-img reads out of order, the hash needs order.)
+        """
+        assert info.size is not None
+        settings, tracker = self.settings, self.tracker
+
+        async def fetch(start: int, end: int) -> bytes:
+            data = await with_retries(settings, lambda: read_range(source, start, end))
+            tracker.add(read=len(data))
+            return data
+
+        ahead = max(1, settings.concurrency)
+        cache = ChunkCache(fetch, info.size, settings.chunk_size, 2 * ahead + 2, ahead)
+        tracker.set_total(info.size)
+        tracker.phase("transfer")
+        async with NbdExport(cache).serving() as export:
+            image = safety.QemuInput(image_opts=export.image_opts(fmt))
+            try:
+                judged = await safety.inspect(
+                    image, fmt, self.volume.usable_size, settings, self.what, head=info.head
+                )
+                self.virtual_size, self.format = judged.virtual_size, fmt
+                await self._convert_to_volume(image, fmt, judged.virtual_size)
+            except (InvalidImage, ConversionFailed):
+                if isinstance(cache.error, ImportError):
+                    raise cache.error from None  # the source failed, not the image
+                raise
+
     async def _ranged_scratch(self, source: Source, info: SourceInfo, fmt: Format) -> None:
         """vmdk/vdi/vhd/vhdx over ranges: a sparse, resumable scratch copy, then convert."""
         assert info.size is not None
@@ -472,11 +512,16 @@ class ImportJob:
                 tracker.add(written=self.tracker.snapshot.bytes_written)
                 self.tracker = tracker
             return
+        await self._convert_to_volume(safety.QemuInput(path=scratch), fmt, image.virtual_size)
+        await asyncio.to_thread(scratch.unlink, missing_ok=True)
+
+    async def _convert_to_volume(self, image: safety.QemuInput, fmt: str, virtual: int) -> None:
+        """``qemu-img convert`` into the volume; the writer then holds it for the finish."""
         self._close_writer()
         if not self.volume.is_block():
             self.volume.partial_path.unlink(missing_ok=True)
         await qemu_img_convert(
-            scratch,
+            image,
             fmt,
             self.volume.partial_path,
             block_device=self.volume.is_block(),
@@ -491,10 +536,9 @@ class ImportJob:
             what=self.what,
         )
         if self.volume.is_block():  # qemu-img wrote the virtual size; old data may follow
-            await asyncio.to_thread(
-                self.writer.zero_range, image.virtual_size, self.volume.usable_size
-            )
-        await asyncio.to_thread(scratch.unlink, missing_ok=True)
+            await asyncio.to_thread(self.writer.zero_range, virtual, self.volume.usable_size)
+        else:
+            self.tracker.add(written=os.fstat(self.writer.fd).st_blocks * 512)
 
     # Finish ------------------------------------------------------------------------
     async def _finish(self) -> None:

@@ -1,8 +1,9 @@
 """Safety before trust: ``qemu-img info`` under limits, then refuse what is dangerous.
 
 qemu-img only ever sees a file whose name we chose (``probe.img`` or
-``scratch.img`` inside the volume's work dir) and an explicit driver, so a
-hostile image cannot steer it to ``json:``/``file:`` names or other files.
+``scratch.img`` inside the volume's work dir) or our own NBD export of the
+source (``cdi/nbd.py``, with an explicit driver), so a hostile image cannot
+steer it to ``json:``/``file:`` names or other files.
 VMDK descriptors are screened in Python first, because opening one makes
 qemu-img follow its extent paths.
 """
@@ -23,10 +24,33 @@ from cdi.settings import ImportSettings
 from cdi.writer import human
 
 #: qemu-img format names we import (iso is imported as raw).
-PROBE_NAMES = ("probe.img", "scratch.img")
+PROBE_NAMES = ("probe.img", "scratch.img", "export.sock")
 ALLOWED = {"raw", "qcow2", "vmdk", "vdi", "vpc", "vhdx"}
 _SAFE_VMDK_TYPES = {"monolithicSparse", "streamOptimized"}
 _EXTENT = re.compile(r'^\s*(RW|RDONLY|NOACCESS)\s+\d+\s+(\w+)(?:\s+"([^"]*)")?', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class QemuInput:
+    """What qemu-img opens: a file we named (by bare name, from its directory), or an
+    ``--image-opts`` string for our NBD export (driver given explicitly)."""
+
+    path: Path | None = None
+    image_opts: str | None = None
+
+    def argv(self, fmt: str | None) -> list[str]:
+        if self.image_opts is not None:
+            return ["--image-opts", self.image_opts]
+        assert self.path is not None
+        return [*(["-f", fmt] if fmt else []), self.path.name]
+
+    @property
+    def cwd(self) -> Path | None:
+        return self.path.parent if self.path is not None else None
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else str(self.image_opts)
 
 
 @dataclass(frozen=True)
@@ -67,14 +91,14 @@ def _limits(settings: ImportSettings) -> Any:
     return apply
 
 
-async def qemu_img_info(path: Path, settings: ImportSettings, what: str) -> dict[str, Any]:
+async def qemu_img_info(image: QemuInput, settings: ImportSettings, what: str) -> dict[str, Any]:
     """``qemu-img info --output=json`` on a file we named, under CPU and memory limits."""
     proc = await asyncio.create_subprocess_exec(
         "qemu-img",
         "info",
         "--output=json",
-        path.name,
-        cwd=path.parent,
+        *image.argv(None),
+        cwd=image.cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_limits(settings),
@@ -89,7 +113,7 @@ async def qemu_img_info(path: Path, settings: ImportSettings, what: str) -> dict
         raise UnsafeImage(f"qemu-img info on {what} exceeded its CPU or memory limit; refused")
     if proc.returncode != 0:
         reason = err.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
-        reason_text = reason[0].replace(str(path), "image")
+        reason_text = reason[0].replace(image.label, "image")
         raise InvalidImage(f"qemu-img cannot read {what}: {reason_text}")
     try:
         info: dict[str, Any] = json.loads(out)
@@ -112,10 +136,7 @@ def judge(info: dict[str, Any], detected: Format, usable: int, what: str) -> Ima
     if specific.get("data-file") or specific.get("data-file-raw"):
         raise UnsafeImage(f"{what} keeps its data in an external data file; refused")
     for extent in specific.get("extents", []) or []:
-        if extent.get("filename") and Path(str(extent["filename"])).name not in (
-            "probe.img",
-            "scratch.img",
-        ):
+        if extent.get("filename") and Path(str(extent["filename"])).name not in PROBE_NAMES:
             raise UnsafeImage(f"{what} has an extent in another file; refused")
     size = int(info.get("virtual-size", 0))
     check_size(size, usable, what)
@@ -132,10 +153,17 @@ def check_size(virtual_size: int, usable: int, what: str) -> None:
 
 
 async def inspect(
-    path: Path, detected: Format, usable: int, settings: ImportSettings, what: str, *, head: bytes
+    image: Path | QemuInput,
+    detected: Format,
+    usable: int,
+    settings: ImportSettings,
+    what: str,
+    *,
+    head: bytes,
 ) -> ImageInfo:
     """Screen, run qemu-img info under limits, and judge."""
     if detected == "vmdk":
         check_vmdk_descriptor(head, what)
-    info = await qemu_img_info(path, settings, what)
+    target = image if isinstance(image, QemuInput) else QemuInput(path=image)
+    info = await qemu_img_info(target, settings, what)
     return judge(info, detected, usable, what)
