@@ -3,7 +3,8 @@
 A ranged import saves what its probe learned (size, Range support,
 validator and the 64 KiB head) in ``<volume>/import.probe.json`` when it
 starts its journal. A later run whose source can revalidate cheaply (HTTP:
-one HEAD, no body; a registry: one manifest request) and still shows the
+one HEAD, no body; S3: one HeadObject; a file: one stat; a registry: one
+manifest request) and still shows the
 same size and validator reuses the
 saved head instead of fetching bytes ``0-65535`` again; the ranged GETs that
 follow carry ``If-Range`` as always, so a change in between is still caught.

@@ -42,6 +42,14 @@ class FileSource:
         head = await asyncio.to_thread(self._pread, 0, min(size, HEADER_BYTES))
         return SourceInfo(size, True, validator, head)
 
+    async def revalidate(self, saved: SourceInfo) -> SourceInfo | None:
+        """One stat: ``saved`` (a journalled probe) if size and mtime still match."""
+        size, validator = await asyncio.to_thread(self._stat_validator)
+        if size != saved.size or validator != saved.validator:
+            return None
+        self._validator = validator
+        return saved
+
     def _pread(self, offset: int, length: int) -> bytes:
         try:
             with self.path.open("rb") as handle:

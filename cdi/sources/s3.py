@@ -142,6 +142,19 @@ class S3Source:
             first = b"".join([p async for p in self.stream(0, min(size, HEADER_BYTES))])
         return SourceInfo(size, True, f"etag:{self._etag}" if self._etag else None, first)
 
+    async def revalidate(self, saved: SourceInfo) -> SourceInfo | None:
+        """One HEAD: ``saved`` (a journalled probe) if size and ETag still match."""
+        head = await self._call("head_object")
+        etag = head.get("ETag")
+        if (
+            not etag
+            or int(head["ContentLength"]) != saved.size
+            or f"etag:{etag}" != saved.validator
+        ):
+            return None
+        self._etag = etag
+        return saved
+
     async def stream(self, start: int, end: int | None) -> AsyncGenerator[bytes, None]:
         kwargs: dict[str, Any] = {}
         if start > 0 or end is not None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from cdi import (
     Checksum,
+    Credentials,
     ImportRequest,
     ImportSettings,
     MiB,
@@ -25,7 +27,9 @@ from cdi import (
     run_import,
 )
 from tests.cdi.conftest import make_base, same_disk
+from tests.support.faultproxy import FaultProxy
 from tests.support.http_server import Faults, FileServer
+from tests.support.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,3 +170,32 @@ def test_killed_process_resumes_when_rerun(
     assert fetched <= 8 * MiB - done + 64 * 1024
     volume = VolumePool.for_data_dir(data_dir).get("ns", "d")
     assert same_disk(big, volume)
+
+
+async def test_cancelled_s3_import_resumes_without_reading_the_head_again(
+    s3_server: S3Server,
+    fault_proxy: Callable[[str], FaultProxy],
+    pool: VolumePool,
+    settings: ImportSettings,
+    tmp_path: Path,
+) -> None:
+    # Through a logging proxy: the resumed run revalidates the saved probe
+    # with one HeadObject and then GETs only the chunks still missing.
+    image = make_base(tmp_path / "big.raw", size=8 * MiB, seed=11)
+    s3_server.create_bucket("disks")
+    s3_server.put_object("disks", "big.raw", image.read_bytes())
+    proxy = fault_proxy(s3_server.endpoint_url)
+    keys = Credentials(access_key_id=s3_server.access_key, secret_key=s3_server.secret_key)
+    spec = SourceSpec(kind="s3", url=f"{proxy.url}/disks/big.raw", credentials=keys)
+    request = ImportRequest("ns", "d", 64 * MiB, spec)
+    one = replace(settings, concurrency=1)
+    await cancel_after(pool, request, one, 4 * MiB)
+    done = json.loads(pool.get("ns", "d").journal_path.read_text())["done"]
+    done_bytes = sum(end - start for start, end in done)
+    proxy.clear_log()
+    result = await run_import(pool, request, settings=one)
+    assert result.resumed
+    assert same_disk(image, result.volume)
+    methods = [r.method for r in proxy.log]
+    assert methods.count("HEAD") == 1
+    assert methods.count("GET") == (8 * MiB - done_bytes) // MiB  # no probe GET
