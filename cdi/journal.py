@@ -8,10 +8,14 @@ otherwise it starts over cleanly.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from cdi.checksum import HashState
 
 VERSION = 1
 
@@ -23,6 +27,8 @@ class Journal:
     path: Path
     identity: dict[str, object]
     done: list[tuple[int, int]] = field(default_factory=list)
+    #: The checksum's state over the source prefix hashed so far (resumable hashers only).
+    hash: HashState | None = None
 
     @classmethod
     def load(cls, path: Path, identity: dict[str, object]) -> Journal | None:
@@ -36,7 +42,7 @@ class Journal:
         if data.get("identity") != identity:
             return None
         done = [(int(s), int(e)) for s, e in data.get("done", [])]
-        return cls(path, identity, _merge(done))
+        return cls(path, identity, _merge(done), _load_hash(data.get("hash")))
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -53,7 +59,15 @@ class Journal:
 
     def save(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        payload = {"version": VERSION, "identity": self.identity, "done": self.done}
+        payload: dict[str, Any] = {
+            "version": VERSION, "identity": self.identity, "done": self.done,
+        }  # fmt: skip
+        if self.hash is not None:
+            payload["hash"] = {
+                "algorithm": self.hash.algorithm,
+                "bytes": self.hash.bytes_hashed,
+                "context": base64.b64encode(self.hash.context).decode(),
+            }
         tmp.write_text(json.dumps(payload))
         os.replace(tmp, self.path)
 
@@ -70,3 +84,14 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((start, end))
     return merged
+
+
+def _load_hash(data: object) -> HashState | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return HashState(
+            str(data["algorithm"]), int(data["bytes"]), base64.b64decode(str(data["context"]))
+        )
+    except (KeyError, ValueError, TypeError):
+        return None

@@ -306,11 +306,7 @@ class ImportJob:
         local: LocalReader | None,
         hasher: StreamHasher | None,
     ) -> None:
-        total = sum(e - s for s, e in ranges)
-        done = journal.done_bytes() if journal else 0
-        self.tracker.set_total(total, already_read=min(done, total))
-        self.tracker.phase("transfer")
-        await RangedTransfer(
+        transfer = RangedTransfer(
             source,
             ranges,
             handler,
@@ -321,7 +317,12 @@ class ImportJob:
             datasync=writer.datasync,
             hasher=hasher,
             local_reader=local,
-        ).run()
+        )  # first: it may drop done ranges whose bytes the checksum still needs
+        total = sum(e - s for s, e in ranges)
+        done = journal.done_bytes() if journal else 0
+        self.tracker.set_total(total, already_read=min(done, total))
+        self.tracker.phase("transfer")
+        await transfer.run()
 
     async def _ranged_qcow2(self, source: Source, info: SourceInfo, *, hashing: bool) -> None:
         assert info.size is not None
@@ -337,7 +338,8 @@ class ImportJob:
         ranges = qcow2.plan_ranges(
             clusters, info.size, self.settings.chunk_size, hasher is not None
         )
-        journal, resuming = (None, False) if hasher else self._journal(info, "qcow2")
+        resumable = hasher is None or hasher.resumable  # the hash state goes in the journal
+        journal, resuming = self._journal(info, "qcow2") if resumable else (None, False)
         writer = self._open_disk(resuming=resuming)
 
         def handle(start: int, data: bytearray) -> int:

@@ -97,7 +97,7 @@ class RangedTransfer:
         self._hasher = hasher
         self._local_reader = local_reader
         self._next = 0
-        self._hash_cursor = 0
+        self._hash_cursor = self._hash_first = self._resume_hash()
         self._fetched: dict[int, bytearray] = {}
         self._changed = asyncio.Condition()
         self._window = max(2 * settings.concurrency, 2)
@@ -106,6 +106,27 @@ class RangedTransfer:
             source if isinstance(source, BlockingRanges) and source.blocking_ranges() else None
         )
         self._fetch_threads: ThreadPoolExecutor | None = None
+
+    def _resume_hash(self) -> int:
+        """Continue the checksum from the journal's saved state; the first range to hash.
+
+        Done ranges past the saved state must be hashed again: from the volume when
+        ``local_reader`` can re-read them (raw), else by fetching them again.
+        """
+        journal, hasher = self._journal, self._hasher
+        if hasher is None or journal is None:
+            return 0
+        saved, first = journal.hash, 0
+        starts = [start for start, _end in self._ranges]
+        if saved is not None and saved.bytes_hashed in starts and hasher.restore(saved):
+            first = starts.index(saved.bytes_hashed)
+        else:
+            hasher.reset()
+        hashed_to = self._ranges[first][0] if self._ranges else 0
+        if self._local_reader is None:
+            journal.done = [(s, min(e, hashed_to)) for s, e in journal.done if s < hashed_to]
+        journal.hash = hasher.snapshot()
+        return first
 
     def _is_done(self, index: int) -> bool:
         start, end = self._ranges[index]
@@ -181,7 +202,7 @@ class RangedTransfer:
             if self._journal is not None:
                 self._journal.add(start, end)
             async with self._changed:
-                if self._hasher is not None:
+                if self._hasher is not None and index >= self._hash_first:
                     self._fetched[index] = data
                 else:
                     self._pool.give(data)
@@ -251,7 +272,8 @@ class RangedTransfer:
     async def _hash_in_order(self) -> None:
         assert self._hasher is not None
         loop = asyncio.get_running_loop()
-        for index, (start, end) in enumerate(self._ranges):
+        for index in range(self._hash_first, len(self._ranges)):
+            start, end = self._ranges[index]
             if self._is_done(index) and index not in self._fetched:
                 assert self._local_reader is not None
                 data: bytes | bytearray = await loop.run_in_executor(
@@ -265,6 +287,8 @@ class RangedTransfer:
             await loop.run_in_executor(self._executor, self._hasher.update, data)
             if isinstance(data, bytearray):
                 self._pool.give(data)
+            if self._journal is not None:
+                self._journal.hash = self._hasher.snapshot()  # consistent: between updates
             async with self._changed:
                 self._hash_cursor = index + 1
                 self._changed.notify_all()
@@ -277,9 +301,9 @@ class RangedTransfer:
     async def _save_journal(self) -> None:
         if self._journal is None:
             return
-        snapshot = list(self._journal.done)
+        snapshot, hashed = list(self._journal.done), self._journal.hash
         await asyncio.to_thread(self._datasync)
-        saved = Journal(self._journal.path, self._journal.identity, snapshot)
+        saved = Journal(self._journal.path, self._journal.identity, snapshot, hashed)
         await asyncio.to_thread(saved.save)
 
 

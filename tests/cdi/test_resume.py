@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from cdi import (
     VolumePool,
     run_import,
 )
-from tests.cdi.conftest import make_base, same_disk
+from tests.cdi.conftest import convert, make_base, same_disk
 from tests.support.faultproxy import FaultProxy
 from tests.support.http_server import Faults, FileServer
 from tests.support.s3 import S3Server
@@ -73,8 +74,6 @@ async def test_cancelled_import_resumes_fetching_only_the_rest(
     big: Path,
     with_checksum: bool,
 ) -> None:
-    import hashlib
-
     checksum = (
         Checksum("sha256", hashlib.sha256(big.read_bytes()).hexdigest()) if with_checksum else None
     )
@@ -199,3 +198,40 @@ async def test_cancelled_s3_import_resumes_without_reading_the_head_again(
     methods = [r.method for r in proxy.log]
     assert methods.count("HEAD") == 1
     assert methods.count("GET") == (8 * MiB - done_bytes) // MiB  # no probe GET
+
+
+@pytest.mark.parametrize("with_checksum", [False, True], ids=["plain", "checksum"])
+async def test_cancelled_qcow2_import_resumes_fetching_only_the_rest(
+    http_server: FileServer,
+    pool: VolumePool,
+    settings: ImportSettings,
+    tmp_path: Path,
+    with_checksum: bool,
+) -> None:
+    # With a checksum the hash state is journalled too (cdi/checksum.py), so the
+    # rerun continues the hash instead of fetching the hashed prefix again.
+    raw = tmp_path / "dense.raw"
+    raw.write_bytes(os.urandom(8 * MiB))
+    image = convert(raw, "qcow2", tmp_path / "d.qcow2")
+    (http_server.root / "d.qcow2").write_bytes(image.read_bytes())
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    spec = SourceSpec(
+        kind="http", url=http_server.url("d.qcow2"),
+        checksum=Checksum("sha256", digest) if with_checksum else None,
+    )  # fmt: skip
+    request = ImportRequest("ns", "d", 64 * MiB, spec)
+    one = replace(settings, concurrency=1)
+    await cancel_after(pool, request, one, 4 * MiB)
+    saved = json.loads(pool.get("ns", "d").journal_path.read_text())
+    kept = sum(end - start for start, end in saved["done"])
+    if with_checksum:
+        hashed = saved["hash"]["bytes"]
+        kept = sum(min(end, hashed) - start for start, end in saved["done"] if start < hashed)
+    assert kept >= 2 * MiB
+    http_server.clear_log()
+    result = await run_import(pool, request, settings=one)
+    assert result.resumed
+    assert same_disk(raw, result.volume)
+    assert result.checksum == (f"sha256:{digest}" if with_checksum else None)
+    fetched = sum(r.bytes_sent for r in http_server.log if r.method == "GET")
+    assert fetched <= image.stat().st_size - kept + 256 * 1024  # + header and tables again
