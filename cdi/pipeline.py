@@ -439,7 +439,9 @@ class ImportJob:
             new_chain()
         feed: Callable[[bytes], int] = lambda d: state["chain"].feed(d)  # noqa: E731
         if journal is not None:
-            feed = _checkpointing(feed, lambda: state["chain"].target, journal, self.settings)
+            feed = _checkpointing(
+                feed, lambda: state["chain"].target, journal, self.hasher, self.settings
+            )
         await SequentialTransfer(
             source,
             info.size,
@@ -467,15 +469,23 @@ class ImportJob:
         """A journal for a stream that can continue after a kill, and where to continue.
 
         Only uncompressed streams from a source that continues at an offset
-        (registry disks) and without a checksum: a decompressor's or a hash's
-        state cannot be saved, so those start over after a kill.
+        (registry disks): a decompressor's state cannot be saved. A checksum's
+        state is journalled with the offset (a hasher that cannot save it: no journal).
         """
-        if not info.resumable or self.hasher is not None or detect_compression(info.head):
+        hasher = self.hasher
+        if not info.resumable or detect_compression(info.head):
+            return None, 0
+        if hasher is not None and not hasher.resumable:
             return None, 0
         journal, resuming = self._journal(info, "stream", self._stream_path(info))
         if journal is None or not resuming or not journal.done or journal.done[0][0] != 0:
             return journal, 0
-        return journal, journal.done[0][1]
+        start = journal.done[0][1]
+        if hasher is not None:  # the hash must stand exactly at the offset we continue from
+            saved = journal.hash
+            if saved is None or saved.bytes_hashed != start or not hasher.restore(saved):
+                return journal, 0
+        return journal, start
 
     def _stream_path(self, info: SourceInfo) -> Path:
         raw = detect_format(info.head) in ("raw", "iso")
@@ -608,12 +618,14 @@ def _checkpointing(
     feed: Callable[[bytes], int],
     target: Callable[[], OffsetWriter | None],
     journal: Journal,
+    hasher: StreamHasher | None,
     settings: ImportSettings,
 ) -> Callable[[bytes], int]:
     """``feed`` that also journals the durable offset every ``journal_interval``.
 
-    It runs on the decode thread between feeds, so the offset it saves is
-    exactly what was fed and fdatasync'd, never a write in flight.
+    It runs on the decode thread between feeds (after the hash saw the same
+    bytes), so the offset and hash state it saves are exactly what was fed
+    and fdatasync'd, never a write in flight.
     """
     last = time.monotonic()
 
@@ -623,6 +635,7 @@ def _checkpointing(
         writer = target()
         if writer is not None and time.monotonic() - last >= settings.journal_interval:
             journal.done = [(0, writer.checkpoint())]
+            journal.hash = hasher.snapshot() if hasher is not None else None
             journal.save()
             last = time.monotonic()
         return written

@@ -9,6 +9,7 @@ re-opens the image at the offset reached instead of starting over.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import signal
 from dataclasses import replace
@@ -86,15 +87,32 @@ async def test_dropped_blob_download_resumes(
             assert len([r for r in gets if r.path.endswith(digest)]) == 1
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _segment_gets(registry: FaultyRegistry, digests: list[str]) -> dict[int, int]:
     gets = [r.path for r in registry.log if r.method == "GET" and "/blobs/" in r.path]
     return {i: sum(p.endswith(d) for p in gets) for i, d in enumerate(digests)}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-@pytest.mark.parametrize("disk_format", ["raw", "qcow2"])  # into the volume; via a scratch copy
+@pytest.mark.parametrize(
+    ("disk_format", "sig", "checksum"),
+    [
+        ("raw", signal.SIGKILL, False),  # into the volume
+        ("raw", signal.SIGINT, False),
+        ("qcow2", signal.SIGKILL, False),  # via a scratch copy
+        ("qcow2", signal.SIGINT, False),
+        ("raw", signal.SIGKILL, True),  # the hash state is journalled with the offset
+    ],
+    ids=["raw-SIGKILL", "raw-SIGINT", "qcow2-SIGKILL", "qcow2-SIGINT", "raw-SIGKILL-checksum"],
+)
 async def test_killed_registry_import_resumes_when_rerun(
-    registry_faulty: FaultyRegistry, tmp_path: Path, disk_format: str, sig: signal.Signals
+    registry_faulty: FaultyRegistry,
+    tmp_path: Path,
+    disk_format: str,
+    sig: signal.Signals,
+    checksum: bool,
 ) -> None:
     # An 8-segment artifact; every blob GET is slowed so the first run is
     # caught half-way. The rerun fetches no segment that ended before the
@@ -108,7 +126,8 @@ async def test_killed_registry_import_resumes_when_rerun(
     registry_faulty.delay("GET", "/blobs/", 0.4, times=100)
     data_dir = tmp_path / "data"
     journal = data_dir / "volumes" / "ns" / "d" / "import.journal.json"
-    proc = diskplane(data_dir, f"docker://{ref}")
+    extra = ["--checksum", f"sha256:{_sha256(disk)}"] if checksum else []
+    proc = diskplane(data_dir, f"docker://{ref}", *extra)
     try:
         done = await asyncio.to_thread(wait_for_journal, journal, 2 * MiB)
         proc.send_signal(sig)
@@ -121,7 +140,7 @@ async def test_killed_registry_import_resumes_when_rerun(
         assert proc.returncode == 130, err
     assert journal.exists(), err
     registry_faulty.proxy.reset()
-    rerun = diskplane(data_dir, f"docker://{ref}")
+    rerun = diskplane(data_dir, f"docker://{ref}", *extra)
     out, err = await asyncio.to_thread(rerun.communicate, timeout=60)
     assert rerun.returncode == 0, err
     assert "resumed" in out
