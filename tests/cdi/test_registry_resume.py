@@ -20,7 +20,7 @@ import pytest
 import containerdisk
 from cdi import ImportRequest, ImportSettings, MiB, Progress, SourceSpec, VolumePool, run_import
 from tests.cdi.conftest import convert, make_base, same_disk
-from tests.cdi.test_resume import diskplane, wait_for_journal
+from tests.cdi.test_resume import diskplane, interrupt_when_journalled
 from tests.support.faultproxy import FaultyRegistry
 
 KiB = 1024
@@ -128,16 +128,7 @@ async def test_killed_registry_import_resumes_when_rerun(
     journal = data_dir / "volumes" / "ns" / "d" / "import.journal.json"
     extra = ["--checksum", f"sha256:{_sha256(disk)}"] if checksum else []
     proc = diskplane(data_dir, f"docker://{ref}", *extra)
-    try:
-        done = await asyncio.to_thread(wait_for_journal, journal, 2 * MiB)
-        proc.send_signal(sig)
-        _out, err = await asyncio.to_thread(proc.communicate, timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
+    done, err = await asyncio.to_thread(interrupt_when_journalled, proc, journal, sig, 2 * MiB)
     assert journal.exists(), err
     registry_faulty.proxy.reset()
     rerun = diskplane(data_dir, f"docker://{ref}", *extra)

@@ -138,6 +138,26 @@ def wait_for_journal(journal: Path, min_bytes: int, timeout: float = 30.0) -> in
     raise AssertionError(f"journal {journal} never recorded {min_bytes} bytes")
 
 
+def interrupt_when_journalled(
+    proc: subprocess.Popen[str], journal: Path, sig: signal.Signals, min_bytes: int
+) -> tuple[int, str]:
+    """Signal a running ``diskplane import`` once its journal holds ``min_bytes``.
+
+    Returns the journalled bytes and the process's stderr; SIGINT must exit 130.
+    """
+    try:
+        done = wait_for_journal(journal, min_bytes)
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+    return done, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_process_resumes_when_rerun(
     http_server: FileServer, tmp_path: Path, big: Path, sig: signal.Signals
@@ -147,16 +167,8 @@ def test_killed_process_resumes_when_rerun(
     data_dir = tmp_path / "data"
     proc = diskplane(data_dir, http_server.url("big.raw"))
     journal = data_dir / "volumes" / "ns" / "d" / "import.journal.json"
-    try:
-        done = wait_for_journal(journal, 2 * MiB)
-        proc.send_signal(sig)
-        _out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    done, err = interrupt_when_journalled(proc, journal, sig, 2 * MiB)
     if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
         assert "resume" in err
     assert journal.exists()
     http_server.clear_faults()
