@@ -12,6 +12,7 @@ from collections.abc import Callable
 from cdi.errors import UnsupportedFormat
 from cdi.formats.compression import StreamDecompressor
 from cdi.formats.detect import HEADER_BYTES, Format, detect_compression, detect_format
+from cdi.formats.inflate import GzipCheckpoint
 from cdi.writer import BLOCK, RawWriter
 
 
@@ -77,6 +78,26 @@ class DecodeChain:
         chain.inner_format, chain.inner_head, chain.target = fmt, head, target
         chain._entry, chain._flushes = target.feed, []
         return chain
+
+    @classmethod
+    def resumed_gzip(
+        cls,
+        what: str,
+        fmt: Format,
+        head: bytes,
+        target: OffsetWriter,
+        point: GzipCheckpoint,
+    ) -> DecodeChain:
+        """A chain that carries on one gzip layer from a saved deflate block boundary."""
+        chain = cls.resumed(what, fmt, head, target)
+        dec = StreamDecompressor.resumed(what, target.feed, point)
+        chain.layers, chain._decompressors, chain._entry = ["gz"], [dec], dec.feed
+        return chain
+
+    @property
+    def decompressors(self) -> list[StreamDecompressor]:
+        """The decompressors, outermost first."""
+        return self._decompressors
 
     def feed(self, data: bytes) -> int:
         before = self.target.written if self.target else 0

@@ -29,6 +29,8 @@ class Journal:
     done: list[tuple[int, int]] = field(default_factory=list)
     #: The checksum's state over the source prefix hashed so far (resumable hashers only).
     hash: HashState | None = None
+    #: A stream decoder's saved state (the ``stream`` plan of a gzip source).
+    decoder: dict[str, object] | None = None
 
     @classmethod
     def load(cls, path: Path, identity: dict[str, object]) -> Journal | None:
@@ -42,7 +44,11 @@ class Journal:
         if data.get("identity") != identity:
             return None
         done = [(int(s), int(e)) for s, e in data.get("done", [])]
-        return cls(path, identity, _merge(done), _load_hash(data.get("hash")))
+        decoder = data.get("decoder")
+        return cls(
+            path, identity, _merge(done), _load_hash(data.get("hash")),
+            decoder if isinstance(decoder, dict) else None,
+        )  # fmt: skip
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -62,6 +68,8 @@ class Journal:
         payload: dict[str, Any] = {
             "version": VERSION, "identity": self.identity, "done": self.done,
         }  # fmt: skip
+        if self.decoder is not None:
+            payload["decoder"] = self.decoder
         if self.hash is not None:
             payload["hash"] = {
                 "algorithm": self.hash.algorithm,

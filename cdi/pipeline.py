@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdi import probecache, safety
+from cdi import probecache, safety, streamresume
 from cdi.checksum import StreamHasher
 from cdi.convert import qemu_img_convert
 from cdi.decode import DecodeChain, OffsetWriter
@@ -48,11 +48,11 @@ from cdi.settings import ImportSettings
 from cdi.sources.base import Source, SourceInfo, read_range, with_retries
 from cdi.sources.factory import open_source
 from cdi.sources.file import FileSource
+from cdi.streamresume import SCRATCH
 from cdi.transfer import LocalReader, RangedTransfer, RangeHandler, SequentialTransfer, split
 from cdi.volumes import Volume, VolumePool
 from cdi.writer import RawWriter, human
 
-SCRATCH = "scratch.img"
 PROBE = "probe.img"
 _NATIVE = ("raw", "iso", "qcow2")
 
@@ -263,9 +263,11 @@ class ImportJob:
         return writer
 
     def _journal(
-        self, info: SourceInfo, plan: str, target: Path | None = None
+        self, info: SourceInfo, plan: str, *, check_target: bool = True
     ) -> tuple[Journal | None, bool]:
-        """The journal for this plan; a matching old one (and its target) means we resume."""
+        """The journal for this plan; a matching old one (and the partial disk) means we resume.
+
+        ``check_target=False``: the caller checks its own target (cdi/streamresume.py)."""
         if info.validator is None:
             return None, False
         identity: dict[str, object] = {
@@ -276,9 +278,8 @@ class ImportJob:
             "volume_usable": self.volume.usable_size,
         }
         old = Journal.load(self.volume.journal_path, identity)
-        target = target or self.volume.partial_path
-        on_disk = self.volume.is_block() and target == self.volume.partial_path
-        if old is not None and (on_disk or target.exists()):
+        on_disk = self.volume.is_block() or self.volume.partial_path.exists()
+        if old is not None and (on_disk or not check_target):
             self.resumed = True
             return old, True
         self.volume.journal_path.unlink(missing_ok=True)
@@ -421,7 +422,8 @@ class ImportJob:
 
     # Sequential route --------------------------------------------------------------
     async def _sequential(self, source: Source, info: SourceInfo) -> None:
-        journal, start = self._stream_journal(info)
+        journal, point = self._stream_journal(info)
+        start = point.start if point is not None else 0
         self.tracker.set_total(info.size, already_read=start)
         self.tracker.phase("transfer")
         state: dict[str, DecodeChain] = {}
@@ -433,14 +435,14 @@ class ImportJob:
             self._close_writer()
             state["chain"] = DecodeChain(self.what, self._stream_target)
 
-        if start:
-            state["chain"] = self._resumed_chain(info, start)
+        if point is not None:
+            state["chain"] = self._resumed_chain(info, point)
         else:
             new_chain()
         feed: Callable[[bytes], int] = lambda d: state["chain"].feed(d)  # noqa: E731
         if journal is not None:
-            feed = _checkpointing(
-                feed, lambda: state["chain"].target, journal, self.hasher, self.settings
+            feed = streamresume.checkpointing(
+                feed, lambda: state["chain"], journal, self.hasher, self.settings
             )
         await SequentialTransfer(
             source,
@@ -465,39 +467,28 @@ class ImportJob:
         chain.target.writer.close()
         await self._from_scratch(self.volume.workdir / SCRATCH, fmt, chain.inner_head)
 
-    def _stream_journal(self, info: SourceInfo) -> tuple[Journal | None, int]:
-        """A journal for a stream that can continue after a kill, and where to continue.
+    def _stream_journal(
+        self, info: SourceInfo
+    ) -> tuple[Journal | None, streamresume.ResumePoint | None]:
+        """A journal for a stream that can continue after a kill, and where it continues."""
+        if not streamresume.journalled(info, self.hasher):
+            return None, None
+        journal, resuming = self._journal(info, streamresume.PLAN, check_target=False)
+        point = None
+        if journal is not None and resuming:
+            point = streamresume.resume_point(journal, info, self.hasher, self.volume)
+        self.resumed = point is not None
+        if point is None and self.hasher is not None:
+            self.hasher.reset()  # a refused saved state may have been half-applied
+        return journal, point
 
-        Only uncompressed streams from a source that continues at an offset
-        (registry disks): a decompressor's state cannot be saved. A checksum's
-        state is journalled with the offset (a hasher that cannot save it: no journal).
-        """
-        hasher = self.hasher
-        if not info.resumable or detect_compression(info.head):
-            return None, 0
-        if hasher is not None and not hasher.resumable:
-            return None, 0
-        journal, resuming = self._journal(info, "stream", self._stream_path(info))
-        if journal is None or not resuming or not journal.done or journal.done[0][0] != 0:
-            return journal, 0
-        start = journal.done[0][1]
-        if hasher is not None:  # the hash must stand exactly at the offset we continue from
-            saved = journal.hash
-            if saved is None or saved.bytes_hashed != start or not hasher.restore(saved):
-                return journal, 0
-        return journal, start
-
-    def _stream_path(self, info: SourceInfo) -> Path:
-        raw = detect_format(info.head) in ("raw", "iso")
-        return self.volume.partial_path if raw else self.volume.workdir / SCRATCH
-
-    def _resumed_chain(self, info: SourceInfo, start: int) -> DecodeChain:
-        fmt = detect_format(info.head)
-        if fmt in ("raw", "iso"):
+    def _resumed_chain(self, info: SourceInfo, point: streamresume.ResumePoint) -> DecodeChain:
+        if point.inner in ("raw", "iso"):
             writer = self._open_disk(resuming=True)
         else:
-            writer = self._scratch_writer(self._stream_path(info))
-        return DecodeChain.resumed(self.what, fmt, info.head, OffsetWriter(writer, start))
+            writer = self._scratch_writer(streamresume.target_path(self.volume, point.inner))
+        target = OffsetWriter(writer, streamresume.target_offset(point))
+        return streamresume.resumed_chain(self.what, info, point, target)
 
     def _stream_target(self, fmt: Format, head: bytes) -> OffsetWriter:
         if fmt in ("raw", "iso"):
@@ -612,32 +603,3 @@ def _write_probe(path: Path, head: bytes, size: int) -> None:
     with path.open("wb") as handle:
         handle.write(head)
         handle.truncate(max(size, len(head)))
-
-
-def _checkpointing(
-    feed: Callable[[bytes], int],
-    target: Callable[[], OffsetWriter | None],
-    journal: Journal,
-    hasher: StreamHasher | None,
-    settings: ImportSettings,
-) -> Callable[[bytes], int]:
-    """``feed`` that also journals the durable offset every ``journal_interval``.
-
-    It runs on the decode thread between feeds (after the hash saw the same
-    bytes), so the offset and hash state it saves are exactly what was fed
-    and fdatasync'd, never a write in flight.
-    """
-    last = time.monotonic()
-
-    def feed_and_checkpoint(data: bytes) -> int:
-        nonlocal last
-        written = feed(data)
-        writer = target()
-        if writer is not None and time.monotonic() - last >= settings.journal_interval:
-            journal.done = [(0, writer.checkpoint())]
-            journal.hash = hasher.snapshot() if hasher is not None else None
-            journal.save()
-            last = time.monotonic()
-        return written
-
-    return feed_and_checkpoint

@@ -17,6 +17,7 @@ from typing import Protocol
 import zstandard
 
 from cdi.errors import InvalidImage
+from cdi.formats import inflate
 from cdi.formats.detect import Compression
 from cdi.settings import MiB
 
@@ -97,18 +98,52 @@ class _ZstdEngine:
         return b""
 
 
-def _engine(kind: Compression) -> _Engine:
+def _engine(kind: Compression, consumed: int, produced: int) -> _Engine:
+    if kind == "gz" and inflate.available():
+        return inflate.GzipMember(consumed, produced)  # same zlib, and it can checkpoint
     return _ZstdEngine() if kind == "zst" else _StdlibEngine(kind)
 
 
 class StreamDecompressor:
-    """``feed`` compressed chunks; decompressed pieces go to ``sink`` as they appear."""
+    """``feed`` compressed chunks; decompressed pieces go to ``sink`` as they appear.
+
+    gz streams can checkpoint (``want_checkpoint`` / ``checkpoint``) and be
+    rebuilt from one (``resumed``): see ``cdi/formats/inflate.py``.
+    """
 
     def __init__(self, kind: Compression, what: str, sink: Sink) -> None:
         self.kind = kind
         self._what = what
         self._sink = sink
-        self._engine = _engine(kind)
+        self.consumed = 0  # compressed bytes taken, over all members
+        self.produced = 0
+        self._engine = _engine(kind, 0, 0)
+
+    @classmethod
+    def resumed(cls, what: str, sink: Sink, point: inflate.GzipCheckpoint) -> StreamDecompressor:
+        dec = cls("gz", what, sink)
+        dec.consumed, dec.produced = point.in_offset, point.out_offset
+        dec._engine = inflate.GzipMember.resume(point)
+        return dec
+
+    @property
+    def checkpointable(self) -> bool:
+        return isinstance(self._engine, inflate.GzipMember)
+
+    def want_checkpoint(self) -> None:
+        if isinstance(self._engine, inflate.GzipMember):
+            self._engine.want_checkpoint()
+
+    def take_checkpoint(self) -> inflate.GzipCheckpoint | None:
+        """The boundary recorded since ``want_checkpoint``, if any (then forgotten)."""
+        if not isinstance(self._engine, inflate.GzipMember):
+            return None
+        point, self._engine.checkpoint = self._engine.checkpoint, None
+        return point
+
+    def _counted(self, data: bytes) -> None:
+        self.produced += len(data)
+        self._sink(data)
 
     def feed(self, data: bytes) -> None:
         try:
@@ -116,8 +151,10 @@ class StreamDecompressor:
                 if self._engine.eof and self.kind != "zst":
                     if not data.strip(b"\x00"):
                         return  # trailing padding after the last member
-                    self._engine = _engine(self.kind)
-                data = self._engine.push(data, self._sink)
+                    self._engine = _engine(self.kind, self.consumed, self.produced)
+                left = self._engine.push(data, self._counted)
+                self.consumed += len(data) - len(left)
+                data = left
         except (
             OSError,
             EOFError,

@@ -57,6 +57,7 @@ class Faults:
     no_range: bool = False  # ignore Range/If-Range, no Accept-Ranges
     no_head: bool = False  # HEAD answers 405
     no_content_length: bool = False  # chunked transfer, no Content-Length
+    rate: int | None = None  # GET bodies at about this many bytes per second (a slow link)
 
 
 @dataclass
@@ -232,6 +233,11 @@ class FileServer:
             counters = self._state.faults.get(name)
             return counters.faults if counters is not None else Faults()
 
+    def faults_for(self, name: str) -> Faults | None:
+        with self._state.lock:
+            counters = self._state.faults.get(name)
+            return counters.faults if counters is not None else None
+
     def take_stream_faults(self, name: str) -> tuple[float, int | None]:
         """Consume one stall and one drop for a GET body of ``name``."""
         with self._state.lock:
@@ -358,10 +364,12 @@ async def _serve_file(
         await response.write_eof()
         return response
     stall, drop = server.take_stream_faults(request.path.lstrip("/"))
+    faults = server.faults_for(request.path.lstrip("/"))
     await response.prepare(request)
     if stall > 0:
         await asyncio.sleep(stall)
-    await _stream(request, response, record, path, plan.start, plan.length, drop)
+    rate = faults.rate if faults is not None else None
+    await _stream(request, response, record, path, (plan.start, plan.length), drop, rate)
     return response
 
 
@@ -370,12 +378,13 @@ async def _stream(
     response: web.StreamResponse,
     record: AccessRecord,
     path: Path,
-    start: int,
-    length: int,
+    span: tuple[int, int],
     drop: int | None,
+    rate: int | None,
 ) -> None:
     # The record is updated before each write so a client that has seen the
     # bytes always finds them in the log.
+    start, length = span
     limit = length if drop is None else min(length, drop)
     sent = 0
     with path.open("rb") as source:
@@ -392,6 +401,8 @@ async def _stream(
             except ConnectionError:  # the client went away: nothing to finish
                 record.completed = False
                 return
+            if rate:
+                await asyncio.sleep(len(chunk) / rate)
     if sent < length:
         assert request.transport is not None
         request.transport.close()  # flushes the bytes written so far, then closes
