@@ -30,6 +30,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 
+from cdi.errors import ConversionFailed, ImportError, InvalidImage
+from cdi.settings import ImportSettings
+from cdi.sources.base import Source, read_range, with_retries
+
 NBD_MAGIC = b"NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054
 REPLY_MAGIC = 0x3E889045565A9
@@ -205,3 +209,29 @@ class NbdExport:
 
 def _option_reply(option: int, kind: int, data: bytes = b"") -> bytes:
     return struct.pack(">QIII", REPLY_MAGIC, option, kind, len(data)) + data
+
+
+@contextlib.asynccontextmanager
+async def exported(
+    source: Source, size: int, settings: ImportSettings, on_read: Callable[[int], None]
+) -> AsyncIterator[NbdExport]:
+    """``source`` as an export for the block; a failure there is reported as the source's.
+
+    qemu-img only sees EIO when a fetch fails; the error that caused it (a
+    dead server, a 404) is what the import raises instead of qemu-img's.
+    """
+
+    async def fetch(start: int, end: int) -> bytes:
+        data = await with_retries(settings, lambda: read_range(source, start, end))
+        on_read(len(data))
+        return data
+
+    ahead = max(1, settings.concurrency)
+    cache = ChunkCache(fetch, size, settings.chunk_size, 2 * ahead + 2, ahead)
+    async with NbdExport(cache).serving() as export:
+        try:
+            yield export
+        except (InvalidImage, ConversionFailed):
+            if isinstance(cache.error, ImportError):
+                raise cache.error from None  # the source failed, not the image
+            raise

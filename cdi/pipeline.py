@@ -24,15 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdi import probecache, safety, streamresume
+from cdi import nbd, probecache, safety, streamresume
 from cdi.checksum import StreamHasher
 from cdi.convert import qemu_img_convert
 from cdi.decode import DecodeChain, OffsetWriter
 from cdi.errors import (
-    ConversionFailed,
     FinalImportError,
     ImageTooLarge,
-    ImportError,
     InvalidImage,
     VolumeExists,
     VolumeNotFound,
@@ -40,7 +38,6 @@ from cdi.errors import (
 from cdi.formats import qcow2
 from cdi.formats.detect import Format, detect_compression, detect_format
 from cdi.journal import Journal
-from cdi.nbd import ChunkCache, NbdExport
 from cdi.progress import ProgressCallback, ProgressTracker
 from cdi.request import ImportRequest
 from cdi.reuse import record_image, reuse_image
@@ -356,29 +353,17 @@ class ImportJob:
         scratch route is taken: qemu-img reads out of order, the hash needs order.)
         """
         assert info.size is not None
-        settings, tracker = self.settings, self.tracker
-
-        async def fetch(start: int, end: int) -> bytes:
-            data = await with_retries(settings, lambda: read_range(source, start, end))
-            tracker.add(read=len(data))
-            return data
-
-        ahead = max(1, settings.concurrency)
-        cache = ChunkCache(fetch, info.size, settings.chunk_size, 2 * ahead + 2, ahead)
-        tracker.set_total(info.size)
-        tracker.phase("transfer")
-        async with NbdExport(cache).serving() as export:
+        self.tracker.set_total(info.size)
+        self.tracker.phase("transfer")
+        on_read = lambda n: self.tracker.add(read=n)  # noqa: E731
+        async with nbd.exported(source, info.size, self.settings, on_read) as export:
             image = safety.QemuInput(image_opts=export.image_opts(fmt))
-            try:
-                judged = await safety.inspect(
-                    image, fmt, self.volume.usable_size, settings, self.what, head=info.head
-                )
-                self.virtual_size, self.format = judged.virtual_size, fmt
-                await self._convert_to_volume(image, fmt, judged.virtual_size)
-            except (InvalidImage, ConversionFailed):
-                if isinstance(cache.error, ImportError):
-                    raise cache.error from None  # the source failed, not the image
-                raise
+            usable = self.volume.usable_size
+            judged = await safety.inspect(
+                image, fmt, usable, self.settings, self.what, head=info.head
+            )
+            self.virtual_size, self.format = judged.virtual_size, fmt
+            await self._convert_to_volume(image, fmt, judged.virtual_size)
 
     async def _ranged_scratch(self, source: Source, info: SourceInfo, fmt: Format) -> None:
         """vmdk/vdi/vhd/vhdx over ranges: a sparse, resumable scratch copy, then convert."""
