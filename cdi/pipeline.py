@@ -425,10 +425,12 @@ class ImportJob:
         else:
             new_chain()
         feed: Callable[[bytes], int] = lambda d: state["chain"].feed(d)  # noqa: E731
-        if journal is not None:
-            feed = streamresume.checkpointing(
-                feed, lambda: state["chain"], journal, self.hasher, self.settings
+        hasher = self.hasher
+        if journal is not None:  # the checkpointing handler feeds the hasher itself
+            feed = streamresume.Checkpointing(
+                feed, lambda: state["chain"], journal, hasher, self.settings, point
             )
+            hasher = None
         await SequentialTransfer(
             source,
             info.size,
@@ -438,7 +440,7 @@ class ImportJob:
             settings=self.settings,
             tracker=self.tracker,
             executor=self.executor,
-            hasher=self.hasher,
+            hasher=hasher,
             start=start,
         ).run()
         chain = state["chain"]

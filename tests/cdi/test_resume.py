@@ -249,9 +249,13 @@ async def test_cancelled_qcow2_import_resumes_fetching_only_the_rest(
     assert fetched <= image.stat().st_size - kept + 256 * 1024  # + header and tables again
 
 
-@pytest.mark.parametrize("inner", ["raw", "qcow2"])  # into the volume; via a scratch copy
+@pytest.mark.parametrize(
+    ("inner", "checksum"),
+    [("raw", False), ("qcow2", False), ("raw", True)],  # into the volume; via scratch
+    ids=["raw", "qcow2", "raw-checksum"],
+)
 def test_killed_gzip_import_resumes_at_a_deflate_block(
-    http_server: FileServer, tmp_path: Path, inner: str
+    http_server: FileServer, tmp_path: Path, inner: str, checksum: bool
 ) -> None:
     # The gzip decoder's state (bit offset, 32 KiB window, CRC) is journalled at
     # deflate block boundaries, so the rerun fetches only the compressed rest.
@@ -263,11 +267,13 @@ def test_killed_gzip_import_resumes_at_a_deflate_block(
     http_server.set_faults(packed.name, Faults(rate=size // 4))  # about 4 s for the lot
     data_dir = tmp_path / "data"
     journal = data_dir / "volumes" / "ns" / "d" / "import.journal.json"
-    proc = diskplane(data_dir, http_server.url(packed.name))
+    digest = hashlib.sha256(packed.read_bytes()).hexdigest()
+    extra = ["--checksum", f"sha256:{digest}"] if checksum else []
+    proc = diskplane(data_dir, http_server.url(packed.name), *extra)
     done, err = interrupt_when_journalled(proc, journal, signal.SIGKILL, size // 4)
     http_server.clear_faults()
     http_server.clear_log()
-    rerun = diskplane(data_dir, http_server.url(packed.name))
+    rerun = diskplane(data_dir, http_server.url(packed.name), *extra)
     out, err = rerun.communicate(timeout=60)
     assert rerun.returncode == 0, err
     assert "resumed" in out
