@@ -465,8 +465,12 @@ class ImportJob:
         if journal is not None and resuming:
             point = streamresume.resume_point(journal, info, self.hasher, self.volume)
         self.resumed = point is not None
-        if point is None and self.hasher is not None:
-            self.hasher.reset()  # a refused saved state may have been half-applied
+        if point is None and journal is not None and resuming:
+            # Starting over: an old resume point must not outlive the target it described.
+            journal.done, journal.hash, journal.decoder = [], None, None
+            journal.save()
+            if self.hasher is not None:
+                self.hasher.reset()  # a refused saved state may have been half-applied
         return journal, point
 
     def _resumed_chain(self, info: SourceInfo, point: streamresume.ResumePoint) -> DecodeChain:

@@ -280,3 +280,25 @@ def test_killed_gzip_import_resumes_at_a_deflate_block(
     assert same_disk(base, VolumePool.for_data_dir(data_dir).get("ns", "d"))
     fetched = sum(r.bytes_sent for r in http_server.log if r.method == "GET")
     assert fetched <= size - done
+
+
+async def test_a_gzip_journal_whose_target_is_gone_starts_over_cleanly(
+    http_server: FileServer, pool: VolumePool, settings: ImportSettings, tmp_path: Path
+) -> None:
+    base = make_base(tmp_path / "big.raw", size=16 * MiB, seed=17)
+    packed = compress(base, "gz")
+    (http_server.root / packed.name).write_bytes(packed.read_bytes())
+    spec = SourceSpec(kind="http", url=http_server.url(packed.name))
+    request = ImportRequest("ns", "d", 64 * MiB, spec)
+    often = replace(settings, journal_interval=0.0)
+    await cancel_after(pool, request, often, packed.stat().st_size // 2)
+    volume = pool.get("ns", "d")
+    assert json.loads(volume.journal_path.read_text())["decoder"]["gzip"]["in_offset"] > 0
+    volume.partial_path.unlink()  # what the resume point described is gone
+    await cancel_after(pool, request, replace(often, journal_interval=60.0), 1)
+    # Cut before its first checkpoint: the old point must not survive to describe
+    # the new, barely written partial disk.
+    assert json.loads(volume.journal_path.read_text())["done"] == []
+    result = await run_import(pool, request, settings=often)
+    assert not result.resumed
+    assert same_disk(base, result.volume)
