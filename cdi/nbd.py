@@ -70,7 +70,7 @@ class ChunkCache:
         end = min(offset + length, self.size)
         first, last = offset // self._chunk, (end - 1) // self._chunk
         tasks = [self._chunks.get(i) for i in range(first, last + 1)]
-        if not all(t is not None and t.done() and t.exception() is None for t in tasks):
+        if not all(t is not None and _arrived(t) for t in tasks):
             return None
         self._note_read(first, last)
         return self._slice([t.result() for t in tasks if t is not None], offset, end)
@@ -108,7 +108,7 @@ class ChunkCache:
 
     def _get(self, index: int) -> asyncio.Task[bytes]:
         task = self._chunks.get(index)
-        if task is None or (task.done() and task.exception() is not None):
+        if task is None or (task.done() and not _arrived(task)):  # failed: fetch again
             start = index * self._chunk
             end = min(start + self._chunk, self.size)
             task = asyncio.create_task(self._fetch(start, end), name=f"nbd-chunk-{index}")
@@ -259,6 +259,10 @@ class NbdExport:
         writer.writelines((struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, handle), data))
         del data  # the transport holds what it has not sent; we need not
         await writer.drain()
+
+
+def _arrived(task: asyncio.Task[bytes]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 def _option_reply(option: int, kind: int, data: bytes = b"") -> bytes:

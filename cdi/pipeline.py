@@ -167,7 +167,9 @@ class ImportJob:
             shutil.rmtree(self.volume.workdir, ignore_errors=True)
             return
         for path in self.volume.workdir.iterdir():
-            if path != keep:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path != keep:
                 path.unlink(missing_ok=True)
 
     # Persistent containerDisk ----------------------------------------------------------
