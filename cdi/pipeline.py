@@ -31,7 +31,6 @@ from cdi.decode import DecodeChain, OffsetWriter
 from cdi.errors import (
     FinalImportError,
     ImageTooLarge,
-    InvalidImage,
     VolumeExists,
     VolumeNotFound,
 )
@@ -49,9 +48,6 @@ from cdi.streamresume import SCRATCH
 from cdi.transfer import LocalReader, RangedTransfer, RangeHandler, SequentialTransfer, split
 from cdi.volumes import Volume, VolumePool
 from cdi.writer import RawWriter, human
-
-PROBE = "probe.img"
-_NATIVE = ("raw", "iso", "qcow2")
 
 
 @dataclass(frozen=True)
@@ -222,27 +218,12 @@ class ImportJob:
         return await source.probe()
 
     async def _check_header(self, fmt: Format, info: SourceInfo) -> None:
-        """qemu-img info on the head (sparse-extended to the real size) before any transfer."""
-        if fmt == "qcow2":
-            qcow2.parse_header(info.head, self.what)  # clearer refusals than qemu-img's
-        probe = self.volume.workdir / PROBE
-        size = info.size if info.size is not None else len(info.head)
-        await asyncio.to_thread(_write_probe, probe, info.head, size)
-        usable = self.volume.usable_size
-        try:
-            image = await safety.inspect(
-                probe, fmt, usable, self.settings, self.what, head=info.head
-            )
-        except InvalidImage:
-            if fmt in _NATIVE:
-                raise
-            return  # vhdx & co. keep metadata past the head; judged again on the scratch copy
-        finally:
-            probe.unlink(missing_ok=True)
-        self.virtual_size = image.virtual_size
-        if fmt in ("raw", "iso"):
-            self.virtual_size = size
-            safety.check_size(size, usable, self.what)
+        virtual = await safety.inspect_head(
+            self.volume.workdir, fmt, info.head, info.size,
+            self.volume.usable_size, self.settings, self.what,
+        )  # fmt: skip
+        if virtual is not None:
+            self.virtual_size = virtual
 
     # Ranged routes ---------------------------------------------------------------
     def _open_disk(self, *, resuming: bool) -> RawWriter:
@@ -590,9 +571,3 @@ class ImportJob:
         probecache.remove(self.volume.directory)
         if not self.volume.is_block():
             self.volume.partial_path.unlink(missing_ok=True)
-
-
-def _write_probe(path: Path, head: bytes, size: int) -> None:
-    with path.open("wb") as handle:
-        handle.write(head)
-        handle.truncate(max(size, len(head)))

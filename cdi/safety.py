@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cdi.errors import ImageTooLarge, InvalidImage, UnsafeImage, UnsupportedFormat
+from cdi.formats import qcow2
 from cdi.formats.detect import Format
 from cdi.settings import ImportSettings
 from cdi.writer import human
@@ -167,3 +168,42 @@ async def inspect(
     target = image if isinstance(image, QemuInput) else QemuInput(path=image)
     info = await qemu_img_info(target, settings, what)
     return judge(info, detected, usable, what)
+
+
+async def inspect_head(
+    workdir: Path,
+    fmt: Format,
+    head: bytes,
+    size: int | None,
+    usable: int,
+    settings: ImportSettings,
+    what: str,
+) -> int | None:
+    """qemu-img info on the head, sparse-extended to the real size, before any transfer.
+
+    Returns the virtual size, or None for formats whose metadata lies past the
+    head (vhdx & co.), which are judged again on the whole image.
+    """
+    if fmt == "qcow2":
+        qcow2.parse_header(head, what)  # clearer refusals than qemu-img's
+    probe = workdir / PROBE_NAMES[0]
+    total = size if size is not None else len(head)
+    await asyncio.to_thread(_write_probe, probe, head, total)
+    try:
+        image = await inspect(probe, fmt, usable, settings, what, head=head)
+    except InvalidImage:
+        if fmt in ("raw", "iso", "qcow2"):
+            raise
+        return None
+    finally:
+        probe.unlink(missing_ok=True)
+    if fmt in ("raw", "iso"):
+        check_size(total, usable, what)
+        return total
+    return image.virtual_size
+
+
+def _write_probe(path: Path, head: bytes, size: int) -> None:
+    with path.open("wb") as handle:
+        handle.write(head)
+        handle.truncate(max(size, len(head)))
