@@ -300,38 +300,47 @@ class LibvirtDriver:
         """Active block-commit of the snapshot into its base; ready is ``BLOCK_JOB_READY``."""
         lv = self._libvirt
 
-        def commit() -> None:
-            dom = self.conn.lookupByName(domain_name(spec))
-            dev = _target_dev(dom.XMLDesc(0), attached.device_id)
+        def commit(dom: Any, dev: str) -> None:
             dom.blockCommit(dev, None, None, 0, lv.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
 
-        await self._device_call(spec, attached, "commit", commit)
+        await self._block_call(spec, attached, "commit", commit)
 
     async def start_copy(self, spec: VmiSpec, attached: AttachedDisk, target: Path) -> None:
         """Block copy onto the existing raw ``target``; ready is ``BLOCK_JOB_READY``."""
         lv = self._libvirt
 
-        def copy() -> None:
-            dom = self.conn.lookupByName(domain_name(spec))
-            dev = _target_dev(dom.XMLDesc(0), attached.device_id)
+        def copy(dom: Any, dev: str) -> None:
             dest = ET.Element("disk", type="file")
             ET.SubElement(dest, "driver", type="raw")
             ET.SubElement(dest, "source", file=str(target))
             xml = ET.tostring(dest, encoding="unicode")
             dom.blockCopy(dev, xml, None, lv.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
 
-        await self._device_call(spec, attached, "copy", copy)
+        await self._block_call(spec, attached, "copy", copy)
 
     async def pivot(self, spec: VmiSpec, attached: AttachedDisk) -> None:
         """End a ready commit/copy job by switching the guest to its result."""
         lv = self._libvirt
 
-        def pivot() -> None:
-            dom = self.conn.lookupByName(domain_name(spec))
-            dev = _target_dev(dom.XMLDesc(0), attached.device_id)
+        def pivot(dom: Any, dev: str) -> None:
             dom.blockJobAbort(dev, lv.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
 
-        await self._device_call(spec, attached, "pivot", pivot)
+        await self._block_call(spec, attached, "pivot", pivot)
+
+    async def _block_call(
+        self,
+        spec: VmiSpec,
+        attached: AttachedDisk,
+        what: str,
+        call: Callable[[Any, str], None],
+    ) -> None:
+        """``call(domain, target dev)`` for a block job on ``attached``'s disk."""
+
+        def with_device() -> None:
+            dom = self.conn.lookupByName(domain_name(spec))
+            call(dom, _target_dev(dom.XMLDesc(0), attached.device_id))
+
+        await self._device_call(spec, attached, what, with_device)
 
     async def _device_call(
         self, spec: VmiSpec, attached: AttachedDisk, what: str, call: Callable[[], None]

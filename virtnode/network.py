@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from virtnode.errors import SpecError
+from virtnode.fields import as_list, as_mapping
 
 Binding = Literal["masquerade", "bridge", "slirp"]
 Protocol = Literal["TCP", "UDP"]
@@ -79,8 +80,8 @@ def parse_interfaces(
     auto = devices.get("autoattachPodInterface", True)
     if not isinstance(auto, bool):
         raise SpecError("spec.domain.devices.autoattachPodInterface must be true or false")
-    raw_ifaces = _list(devices.get("interfaces", []), "spec.domain.devices.interfaces")
-    raw_nets = _list(spec.get("networks", []), "spec.networks")
+    raw_ifaces = as_list(devices.get("interfaces", []), "spec.domain.devices.interfaces")
+    raw_nets = as_list(spec.get("networks", []), "spec.networks")
     if not raw_ifaces and not raw_nets:
         if not auto:
             return ()
@@ -112,7 +113,7 @@ def parse_interfaces(
 
 
 def parse_interface(raw: object, where: str, uid: str) -> Interface:
-    i = _mapping(raw, where)
+    i = as_mapping(raw, where)
     name = i.get("name")
     if not isinstance(name, str) or not _LABEL.match(name):
         raise SpecError(f"{where}.name {name!r} must be a lowercase DNS label (a-z, 0-9, '-')")
@@ -156,7 +157,7 @@ def _parse_networks(raw: list[Any]) -> set[str]:
     pods = 0
     for index, entry in enumerate(raw):
         where = f"spec.networks[{index}]"
-        n = _mapping(entry, where)
+        n = as_mapping(entry, where)
         name = n.get("name")
         if not isinstance(name, str) or not _LABEL.match(name):
             raise SpecError(f"{where}.name {name!r} must be a lowercase DNS label")
@@ -166,7 +167,7 @@ def _parse_networks(raw: list[Any]) -> set[str]:
             )
         if "pod" not in n or set(n) - {"name", "pod"}:
             raise SpecError(f"{where} ({name!r}) must be a pod network (pod: {{}})")
-        _mapping(n["pod"] or {}, f"{where}.pod")
+        as_mapping(n["pod"] or {}, f"{where}.pod")
         if name in names:
             raise SpecError(f"network name {name!r} is used twice")
         names.add(name)
@@ -177,12 +178,12 @@ def _parse_networks(raw: list[Any]) -> set[str]:
 
 
 def _ports(raw: object, where: str) -> tuple[Port, ...]:
-    entries = _list(raw, where)
+    entries = as_list(raw, where)
     if len(entries) > MAX_PORTS:
         raise SpecError(f"{where} has more than {MAX_PORTS} entries")
     ports: list[Port] = []
     for index, entry in enumerate(entries):
-        p = _mapping(entry, f"{where}[{index}]")
+        p = as_mapping(entry, f"{where}[{index}]")
         number = p.get("port")
         if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
             raise SpecError(f"{where}[{index}].port must be an integer 1-65535, not {number!r}")
@@ -268,15 +269,3 @@ def interface_status(ifaces: tuple[Interface, ...]) -> list[dict[str, Any]]:
         }
         for i in ifaces
     ]
-
-
-def _mapping(value: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(f"{what} must be an object")
-    return value
-
-
-def _list(value: object, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise SpecError(f"{what} must be a list")
-    return value

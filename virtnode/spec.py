@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from virtnode.errors import SpecError
+from virtnode.fields import as_list, as_mapping
 from virtnode.network import Interface, parse_interfaces
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -147,14 +148,14 @@ class VmiSpec:
 
 def parse_vmi(obj: Mapping[str, Any]) -> VmiSpec:
     """Validate a ``VirtualMachineInstance`` dict and return its :class:`VmiSpec`."""
-    meta = _mapping(obj.get("metadata", {}), "metadata")
+    meta = as_mapping(obj.get("metadata", {}), "metadata")
     name = _name(meta.get("name"), "metadata.name", DNS_SUBDOMAIN)
     namespace = _name(meta.get("namespace", "default"), "metadata.namespace", DNS_LABEL)
-    spec = _mapping(obj.get("spec"), "spec")
-    domain = _mapping(spec.get("domain"), "spec.domain")
-    volumes = tuple(parse_volume(v) for v in _list(spec.get("volumes", []), "spec.volumes"))
-    devices = _mapping(domain.get("devices", {}), "spec.domain.devices")
-    disks = [parse_disk(d) for d in _list(devices.get("disks", []), "spec.domain.devices.disks")]
+    spec = as_mapping(obj.get("spec"), "spec")
+    domain = as_mapping(spec.get("domain"), "spec.domain")
+    volumes = tuple(parse_volume(v) for v in as_list(spec.get("volumes", []), "spec.volumes"))
+    devices = as_mapping(domain.get("devices", {}), "spec.domain.devices")
+    disks = [parse_disk(d) for d in as_list(devices.get("disks", []), "spec.domain.devices.disks")]
     _check_unique([d.name for d in disks], "disk")
     _check_unique([v.name for v in volumes], "volume")
     volume_names = {v.name for v in volumes}
@@ -169,7 +170,7 @@ def parse_vmi(obj: Mapping[str, Any]) -> VmiSpec:
     return VmiSpec(
         namespace=namespace,
         name=name,
-        cpu=_cpu(_mapping(domain.get("cpu", {}), "spec.domain.cpu")),
+        cpu=_cpu(as_mapping(domain.get("cpu", {}), "spec.domain.cpu")),
         memory_bytes=_memory(domain),
         disks=tuple(disks),
         volumes=volumes,
@@ -181,13 +182,13 @@ def parse_vmi(obj: Mapping[str, Any]) -> VmiSpec:
 
 def parse_disk(raw: object) -> Disk:
     """One ``domain.devices.disks`` entry (also used for hotplug requests)."""
-    d = _mapping(raw, "disk")
+    d = as_mapping(raw, "disk")
     name = _name(d.get("name"), "disk name", DNS_LABEL)
     where = f"disk {name!r}"
     if "lun" in d:
         raise SpecError(f"{where}: lun devices are not supported; use disk or cdrom")
     kind: DeviceKind = "cdrom" if "cdrom" in d else "disk"
-    device = _mapping(d.get(kind) or {}, f"{where} {kind}")
+    device = as_mapping(d.get(kind) or {}, f"{where} {kind}")
     bus = device.get("bus", "sata" if kind == "cdrom" else "virtio")
     if bus not in ("virtio", "sata", "scsi"):
         raise SpecError(f"{where}: bus {bus!r} is not one of virtio, sata, scsi")
@@ -218,7 +219,7 @@ def parse_disk(raw: object) -> Disk:
 
 def parse_volume(raw: object) -> Volume:
     """One ``volumes`` entry (also used for hotplug requests)."""
-    v = _mapping(raw, "volume")
+    v = as_mapping(raw, "volume")
     name = _name(v.get("name"), "volume name", DNS_LABEL)
     kinds = [k for k in VOLUME_KINDS if k in v]
     others = sorted(set(v) - {"name", *VOLUME_KINDS})
@@ -227,7 +228,7 @@ def parse_volume(raw: object) -> Volume:
     if len(kinds) != 1:
         raise SpecError(f"volume {name!r} must name exactly one source, not {len(kinds)}")
     kind = kinds[0]
-    source = dict(_mapping(v[kind] or {}, f"volume {name!r} {kind}"))
+    source = dict(as_mapping(v[kind] or {}, f"volume {name!r} {kind}"))
     if kind == "persistentVolumeClaim":
         _name(source.get("claimName"), f"volume {name!r} claimName", DNS_SUBDOMAIN)
     elif kind == "dataVolume":
@@ -255,9 +256,9 @@ def _cpu(cpu: Mapping[str, Any]) -> CpuTopology:
 
 
 def _memory(domain: Mapping[str, Any]) -> int:
-    guest = _mapping(domain.get("memory", {}), "spec.domain.memory").get("guest")
-    resources = _mapping(domain.get("resources", {}), "spec.domain.resources")
-    request = _mapping(resources.get("requests", {}), "resources.requests").get("memory")
+    guest = as_mapping(domain.get("memory", {}), "spec.domain.memory").get("guest")
+    resources = as_mapping(domain.get("resources", {}), "spec.domain.resources")
+    request = as_mapping(resources.get("requests", {}), "resources.requests").get("memory")
     value = guest if guest is not None else request
     if value is None:
         raise SpecError("set spec.domain.memory.guest or spec.domain.resources.requests.memory")
@@ -268,13 +269,13 @@ def _memory(domain: Mapping[str, Any]) -> int:
 
 
 def _kernel_boot(domain: Mapping[str, Any]) -> KernelBoot | None:
-    firmware = _mapping(domain.get("firmware", {}), "spec.domain.firmware")
+    firmware = as_mapping(domain.get("firmware", {}), "spec.domain.firmware")
     if "kernelBoot" not in firmware:
         return None
-    kb = _mapping(firmware["kernelBoot"], "kernelBoot")
+    kb = as_mapping(firmware["kernelBoot"], "kernelBoot")
     if "container" in kb:
         raise SpecError("kernelBoot.container is not supported; use kernelBoot.host")
-    host = _mapping(kb.get("host"), "kernelBoot.host")
+    host = as_mapping(kb.get("host"), "kernelBoot.host")
     args = kb.get("kernelArgs", "")
     if not isinstance(args, str) or not KERNEL_ARGS.match(args):
         raise SpecError(
@@ -306,18 +307,6 @@ def _name(value: object, what: str, pattern: re.Pattern[str]) -> str:
 def _int(value: object, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise SpecError(f"{what} must be an integer between {low} and {high}, not {value!r}")
-    return value
-
-
-def _mapping(value: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(f"{what} must be an object")
-    return value
-
-
-def _list(value: object, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise SpecError(f"{what} must be a list")
     return value
 
 
