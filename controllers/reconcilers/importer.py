@@ -7,7 +7,8 @@ runs ``cdi.run_import`` in this process (tests, ``diskplane controllers``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -65,3 +66,11 @@ class Importer(Protocol):
 
     async def close(self) -> None:
         """Stop every job this importer started."""
+
+
+async def cancel_tasks(tasks: Iterable[asyncio.Task[None] | None]) -> None:
+    """Cancel an importer's per-volume watch/run tasks and wait for them to end."""
+    live = [task for task in tasks if task is not None]
+    for task in live:
+        task.cancel()
+    await asyncio.gather(*live, return_exceptions=True)

@@ -29,7 +29,7 @@ from cdi import (
     run_import,
 )
 from cdi import ImportError as CdiImportError
-from controllers.reconcilers.importer import ImportJob, ImportState, ImportStatus, Key
+from controllers.reconcilers.importer import ImportJob, ImportState, ImportStatus, Key, cancel_tasks
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,5 @@ class LocalImporter:
             await asyncio.to_thread(self.pool.delete, namespace, name)
 
     async def close(self) -> None:
-        tasks = [e.task for e in self._entries.values() if e.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_tasks(e.task for e in self._entries.values())
         self._entries.clear()

@@ -28,7 +28,7 @@ import yaml
 from cdi import VolumeNotFound, VolumePool
 from cdi.service import ClientError, ImporterClient, JobStatus
 from controllers.errors import ControllersError
-from controllers.reconcilers.importer import ImportJob, ImportState, ImportStatus, Key
+from controllers.reconcilers.importer import ImportJob, ImportState, ImportStatus, Key, cancel_tasks
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,7 @@ class ServiceImporter:
                 await asyncio.to_thread(self._pool.delete, namespace, name)
 
     async def close(self) -> None:
-        tasks = [e.task for e in self._entries.values() if e.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_tasks(e.task for e in self._entries.values())
         self._entries.clear()
         await self._client.close()
 
